@@ -1,0 +1,3 @@
+"""rerank-proxy: a transparent reranking proxy for Elasticsearch and OpenSearch."""
+
+__version__ = "0.1.0"

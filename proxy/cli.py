@@ -1,0 +1,156 @@
+"""Command line: `rerank-proxy serve | check-config | config-table`.
+
+Every deployment flag is also an environment variable (RERANK_PROXY_*). Config problems are
+printed one per line and exit with status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from urllib.parse import urlsplit
+
+from .config import Config, ConfigError, ListenConfig, config_table, load_config, parse_config
+
+logger = logging.getLogger("proxy")
+
+
+def _env(name: str) -> str | None:
+    return os.environ.get(f"RERANK_PROXY_{name}") or None
+
+
+def _parse_listen(value: str) -> ListenConfig:
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError([f"--listen: expected HOST:PORT, got {value!r}"])
+    return ListenConfig(host=host.strip("[]"), port=int(port))
+
+
+def build_config(args: argparse.Namespace) -> Config:
+    """Config file, then environment variables, then flags (flags win)."""
+    path = args.config or _env("CONFIG")
+    cfg = load_config(path) if path else parse_config({}, "<defaults>")
+    listen = args.listen or _env("LISTEN")
+    if listen:
+        cfg = dataclasses.replace(cfg, listen=_parse_listen(listen))
+    upstream = args.upstream or _env("UPSTREAM")
+    if upstream:
+        parts = urlsplit(upstream)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError([f"--upstream: must be an http:// or https:// URL, got {upstream!r}"])
+        cfg = dataclasses.replace(cfg, upstream=dataclasses.replace(cfg.upstream, url=upstream))
+    model_changes = {
+        k: v
+        for k, v in (
+            ("name", args.model or _env("MODEL")),
+            ("backend", args.backend or _env("BACKEND")),
+            ("device", args.device or _env("DEVICE")),
+        )
+        if v
+    }
+    if model_changes:
+        raw = dataclasses.asdict(cfg.model) | model_changes
+        cfg = dataclasses.replace(cfg, model=parse_config({"model": raw}, "<flags>").model)
+    level = args.log_level or _env("LOG_LEVEL")
+    fmt = args.log_format or _env("LOG_FORMAT")
+    if level or fmt:
+        raw = {"log_level": (level or cfg.log_level).upper(), "log_format": fmt or cfg.log_format}
+        checked = parse_config(raw, "<flags>")
+        cfg = dataclasses.replace(cfg, log_level=checked.log_level, log_format=checked.log_format)
+    return cfg
+
+
+async def _serve(cfg: Config) -> None:
+    from aiohttp import web
+
+    from .app import create_app, make_runner
+    from .rerank.base import load_backend, resolve_backend_name
+    from .rerank.service import RerankService
+    from .rerank.standin import is_standin
+
+    logger.info(
+        "loading model %s (backend %s, device %s)",
+        cfg.model.name,
+        resolve_backend_name(cfg.model),
+        cfg.model.device,
+    )
+    loop = asyncio.get_running_loop()
+    backend = await loop.run_in_executor(None, load_backend, cfg.model)
+    if is_standin(cfg.model.name):
+        logger.warning(
+            "STAND-IN MODEL %s: random weights, the reranked order is MEANINGLESS."
+            " Point model.name at the real %s for real rankings.",
+            cfg.model.name,
+            "mixedbread-ai/mxbai-rerank-xsmall-v1",
+        )
+    service = RerankService(
+        backend,
+        batch_wait_ms=cfg.model.batch_wait_ms,
+        max_queue=cfg.model.max_queue,
+        cache_size=cfg.model.cache_size,
+    )
+    app = create_app(cfg, reranker=service)
+    runner = make_runner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, cfg.listen.host, cfg.listen.port)
+    await site.start()
+    addresses = runner.addresses
+    port = addresses[0][1] if addresses else cfg.listen.port
+    logger.info("listening on http://%s:%s -> %s", cfg.listen.host, port, cfg.upstream.url)
+    print(f"rerank-proxy listening on http://{cfg.listen.host}:{port}", flush=True)
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    logger.info("shutting down: finishing in-flight requests")
+    await runner.cleanup()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="rerank-proxy", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the proxy")
+    serve.add_argument("--config", help="YAML config file [RERANK_PROXY_CONFIG]")
+    serve.add_argument("--listen", help="HOST:PORT to listen on [RERANK_PROXY_LISTEN]")
+    serve.add_argument("--upstream", help="cluster URL [RERANK_PROXY_UPSTREAM]")
+    serve.add_argument("--model", help="hub id or directory [RERANK_PROXY_MODEL]")
+    serve.add_argument("--backend", help="inference backend [RERANK_PROXY_BACKEND]")
+    serve.add_argument("--device", help="auto, cpu or cuda [RERANK_PROXY_DEVICE]")
+    serve.add_argument("--log-level", help="DEBUG, INFO, ... [RERANK_PROXY_LOG_LEVEL]")
+    serve.add_argument("--log-format", help="text or json [RERANK_PROXY_LOG_FORMAT]")
+    check = sub.add_parser("check-config", help="validate a config file and exit")
+    check.add_argument("file")
+    sub.add_parser("config-table", help="print the configuration reference (Markdown)")
+    args = parser.parse_args(argv)
+
+    if args.command == "config-table":
+        print(config_table())
+        return 0
+    try:
+        if args.command == "check-config":
+            load_config(args.file)
+            print(f"{args.file}: ok")
+            return 0
+        cfg = build_config(args)
+    except ConfigError as exc:
+        for line in exc.problems:
+            print(line, file=sys.stderr)
+        return 2
+    from .errors import ModelLoadError
+    from .log import setup_logging
+
+    setup_logging(cfg.log_level, cfg.log_format)
+    try:
+        asyncio.run(_serve(cfg))
+    except ModelLoadError as exc:
+        logger.error("%s", exc)
+        return 1
+    except KeyboardInterrupt:
+        pass
+    return 0

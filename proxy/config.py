@@ -1,0 +1,412 @@
+"""Configuration: the models, `load_config(path)` and index-rule resolution.
+
+This module is pure (no aiohttp, no torch). `load_config` is the only code that sees raw
+YAML dicts: it validates them into frozen dataclasses, rejects unknown keys and impossible
+values, and reports every problem as one line naming the file and the key path
+(`proxy.yaml: indices[2].window: must be >= 1`). Each field carries its description in its
+metadata; the README's configuration table is generated from it (`proxy.config.config_table`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+from urllib.parse import unquote, urlsplit
+
+import yaml
+
+ScoreMode = Literal["replace", "blend"]
+Backend = Literal["auto", "torch", "onnx", "onnx-int8", "torch-bf16", "fake"]
+Device = Literal["auto", "cpu", "cuda"]
+LogFormat = Literal["text", "json"]
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+
+
+def opt(
+    default: Any,
+    help: str,
+    *,
+    ge: float | None = None,
+    le: float | None = None,
+    gt: float | None = None,
+) -> Any:
+    """A config field with its description and numeric bounds."""
+    meta = {"help": help, "ge": ge, "le": le, "gt": gt}
+    if isinstance(default, (list, dict, tuple)) or dataclasses.is_dataclass(default):
+        return field(default_factory=lambda: default, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+class ConfigError(Exception):
+    """Raised by `load_config`; `.problems` holds one line per problem."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = list(problems)
+
+
+@dataclass(frozen=True, slots=True)
+class ListenConfig:
+    host: str = opt("127.0.0.1", "Address the proxy listens on.")
+    port: int = opt(9280, "Port the proxy listens on.", ge=0, le=65535)
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamConfig:
+    url: str = opt("http://127.0.0.1:9200", "Base URL of the Elasticsearch or OpenSearch cluster.")
+    connect_timeout: float = opt(10.0, "Seconds to open a connection upstream.", gt=0)
+    read_timeout: float = opt(
+        300.0,
+        "Seconds without any byte from upstream before giving up (no total timeout,"
+        " so long `_reindex` calls survive).",
+        gt=0,
+    )
+    max_connections: int = opt(100, "Size of the upstream connection pool.", ge=1)
+    verify_tls: bool = opt(True, "Verify the upstream's TLS certificate and host name.")
+    ca_file: str | None = opt(None, "CA bundle (PEM) to verify the upstream with.")
+    client_cert: str | None = opt(None, "Client certificate (PEM) for mutual TLS.")
+    client_key: str | None = opt(None, "Private key (PEM) of `client_cert`.")
+    max_buffer_bytes: int = opt(
+        32 * 1024 * 1024,
+        "Largest search request or response body buffered for reranking; larger ones pass through.",
+        ge=1024,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ModelConfig:
+    name: str = opt(
+        "mixedbread-ai/mxbai-rerank-xsmall-v1",
+        "Hugging Face hub id or local directory of the cross-encoder.",
+    )
+    backend: Backend = opt(
+        "auto",
+        "Inference backend: `auto` (exact: torch fp16 on CUDA, ONNX Runtime fp32 on CPU when"
+        " installed, else torch fp32), `torch`, `onnx`, `onnx-int8` and `torch-bf16`"
+        " (approximate, opt-in), `fake` (tests).",
+    )
+    device: Device = opt("auto", "`auto` picks CUDA when available, else CPU.")
+    max_length: int = opt(512, "Token budget per (query, document) pair.", ge=8, le=512)
+    batch_size: int = opt(0, "Pairs per forward pass; 0 picks per device (CPU 8, CUDA 64).", ge=0)
+    threads: int = opt(0, "CPU threads for inference; 0 uses all cores.", ge=0)
+    batch_wait_ms: float = opt(
+        2.0, "How long a batch waits for pairs from concurrent searches.", ge=0, le=1000
+    )
+    max_queue: int = opt(
+        4096, "Pairs waiting for the model before new searches fail open (overload).", ge=1
+    )
+    cache_size: int = opt(50_000, "Scores kept in the LRU score cache (0 disables).", ge=0)
+
+
+@dataclass(frozen=True, slots=True)
+class RuleConfig:
+    """One index rule; `defaults` uses the same fields (its `match` is ignored)."""
+
+    match: tuple[str, ...] = opt((), "Index names, aliases or wildcard patterns this rule covers.")
+    enabled: bool = opt(True, "Rerank searches on these indices.")
+    window: int = opt(50, "How many top hits are reranked.", ge=1, le=10_000)
+    fields: tuple[str, ...] = opt(
+        (),
+        "Document fields joined to form the text (dotted paths; arrays joined)."
+        " Empty: every top-level string field of `_source`.",
+    )
+    template: str | None = opt(None, 'Text template instead of `fields`, e.g. "{title}\\n{body}".')
+    query_path: str | None = opt(
+        None,
+        "JSON pointer into the search body holding the query text (e.g. /query/match/title/query).",
+    )
+    query_param: str | None = opt(None, "Search-template parameter holding the query text.")
+    score_mode: ScoreMode = opt(
+        "replace", "`replace`: `_score` becomes the model score; `blend`: weighted mix."
+    )
+    blend_weight: float = opt(
+        0.5, "Model weight in `blend` mode over min-max normalised scores.", ge=0, le=1
+    )
+    min_score: float | None = opt(None, "Drop reranked hits whose model score is below this.")
+    timeout_ms: int = opt(2000, "Rerank time budget; past it the search fails open.", ge=1)
+    max_length: int | None = opt(
+        None, "Per-rule token budget (overrides `model.max_length`).", ge=8
+    )
+    expose_engine_score: bool = opt(
+        True, "Keep the engine's score in each hit's `fields._engine_score`."
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    listen: ListenConfig = opt(ListenConfig(), "Where the proxy listens.")
+    upstream: UpstreamConfig = opt(UpstreamConfig(), "The cluster behind the proxy.")
+    model: ModelConfig = opt(ModelConfig(), "The cross-encoder.")
+    defaults: RuleConfig = opt(RuleConfig(), "Rule for indices no entry of `indices` matches.")
+    indices: tuple[RuleConfig, ...] = opt((), "Index rules, first match wins (exact names first).")
+    log_level: LogLevel = opt("INFO", "Log level.")
+    log_format: LogFormat = opt("text", "`text` or `json` log lines.")
+
+
+# -- validation ------------------------------------------------------------------------
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is tuple:
+        return "a list of " + _type_name(typing.get_args(tp)[0]) + "s"
+    if tp is type(None):
+        return "null"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return {str: "a string", int: "an integer", float: "a number", bool: "true or false"}.get(
+        tp, str(tp)
+    )
+
+
+class _Invalid(Exception):
+    pass
+
+
+def _convert(tp: Any, value: Any, path: str, errors: list[str]) -> Any:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+        raise _Invalid(f"must be {_type_name(tp)}, got {value!r}")
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(inner[0], value, path, errors)
+    if origin is tuple:
+        item_tp = typing.get_args(tp)[0]
+        if isinstance(value, str) and item_tp is str:
+            value = [value]
+        if not isinstance(value, list):
+            raise _Invalid(f"must be {_type_name(tp)}")
+        out = []
+        for i, item in enumerate(value):
+            try:
+                out.append(_convert(item_tp, item, f"{path}[{i}]", errors))
+            except _Invalid as exc:
+                errors.append(f"{path}[{i}]: {exc}")
+        return tuple(out)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise _Invalid("must be a mapping")
+        return _build(tp, value, path, errors)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str and isinstance(value, str):
+        return value
+    raise _Invalid(f"must be {_type_name(tp)}, got {value!r}")
+
+
+def _check_bounds(meta: Mapping[str, Any], value: Any) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return
+    if meta.get("ge") is not None and value < meta["ge"]:
+        raise _Invalid(f"must be >= {meta['ge']}")
+    if meta.get("gt") is not None and value <= meta["gt"]:
+        raise _Invalid(f"must be > {meta['gt']}")
+    if meta.get("le") is not None and value > meta["le"]:
+        raise _Invalid(f"must be <= {meta['le']}")
+
+
+def _build(cls: Any, raw: Mapping[str, Any], path: str, errors: list[str]) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    prefix = f"{path}." if path else ""
+    for key, value in raw.items():
+        if key not in known:
+            errors.append(f"{prefix}{key}: unknown key (known: {', '.join(sorted(known))})")
+            continue
+        try:
+            converted = _convert(hints[key], value, f"{prefix}{key}", errors)
+            _check_bounds(known[key].metadata, converted)
+            kwargs[key] = converted
+        except _Invalid as exc:
+            errors.append(f"{prefix}{key}: {exc}")
+    return cls(**kwargs)
+
+
+def _merge_rule(defaults: Mapping[str, Any], rule: Mapping[str, Any]) -> dict[str, Any]:
+    merged = {k: v for k, v in defaults.items() if k != "match"}
+    merged.update(rule)
+    return merged
+
+
+def _cross_checks(cfg: Config, errors: list[str]) -> None:
+    scheme = urlsplit(cfg.upstream.url).scheme
+    if scheme not in ("http", "https") or not urlsplit(cfg.upstream.url).hostname:
+        errors.append(f"upstream.url: must be an http:// or https:// URL, got {cfg.upstream.url!r}")
+    if cfg.upstream.client_key and not cfg.upstream.client_cert:
+        errors.append("upstream.client_key: needs upstream.client_cert")
+    rules = [("defaults", cfg.defaults)] + [(f"indices[{i}]", r) for i, r in enumerate(cfg.indices)]
+    for where, rule in rules:
+        if rule.fields and rule.template:
+            errors.append(f"{where}: set either fields or template, not both")
+        if rule.query_path is not None and not rule.query_path.startswith("/"):
+            errors.append(f"{where}.query_path: must be a JSON pointer starting with '/'")
+        if rule.template is not None:
+            try:
+                template_fields(rule.template)
+            except ValueError as exc:
+                errors.append(f"{where}.template: {exc}")
+    for i, rule in enumerate(cfg.indices):
+        if not rule.match:
+            errors.append(f"indices[{i}].match: must name at least one index or pattern")
+
+
+def parse_config(raw: Any, source: str = "<config>") -> Config:
+    """Validate an already-decoded YAML document; raise ConfigError with every problem."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        raise ConfigError([f"{source}: must be a mapping at the top level"])
+    errors: list[str] = []
+    raw = dict(raw)
+    raw_defaults = raw.get("defaults") or {}
+    raw_indices = raw.get("indices")
+    if isinstance(raw_defaults, Mapping) and isinstance(raw_indices, list):
+        raw["indices"] = [
+            _merge_rule(raw_defaults, r) if isinstance(r, Mapping) else r for r in raw_indices
+        ]
+    cfg = _build(Config, raw, "", errors)
+    if not errors:
+        _cross_checks(cfg, errors)
+    if errors:
+        raise ConfigError([f"{source}: {e}" for e in errors])
+    return typing.cast(Config, cfg)
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a YAML config file."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{p}: cannot read: {exc.strerror or exc}"]) from exc
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError([f"{p}: invalid YAML{where}: {problem}"]) from exc
+    return parse_config(raw, str(p.name))
+
+
+def with_overrides(cfg: Config, **changes: Any) -> Config:
+    """Return cfg with top-level sections replaced (used by the CLI for flags/env)."""
+    return dataclasses.replace(cfg, **changes)
+
+
+# -- templates and rule resolution -----------------------------------------------------
+
+
+def template_fields(template: str) -> tuple[str, ...]:
+    """Field paths named in a `{field}` template; raise ValueError if it is malformed."""
+    import string
+
+    names = []
+    for _, name, spec, conv in string.Formatter().parse(template):
+        if name is None:
+            continue
+        if not name or spec or conv:
+            raise ValueError(f"bad placeholder {{{name}}}: use plain {{field.path}} names")
+        names.append(name)
+    if not names:
+        raise ValueError("names no field")
+    return tuple(names)
+
+
+def rule_text_fields(rule: RuleConfig) -> tuple[str, ...]:
+    """The document fields the reranker needs for this rule (empty: all string fields)."""
+    if rule.template is not None:
+        return template_fields(rule.template)
+    return rule.fields
+
+
+def split_targets(target: str) -> list[str]:
+    """Targets of a search path segment: URL-decoded, comma-separated (date math kept)."""
+    return [t for t in (unquote(part) for part in target.split(",")) if t]
+
+
+def _rule_for_one(cfg: Config, name: str) -> RuleConfig:
+    clean = name[1:] if name.startswith("-") else name
+    for rule in cfg.indices:
+        if clean in rule.match:
+            return rule
+    for rule in cfg.indices:
+        if any(fnmatch.fnmatchcase(clean, pat) for pat in rule.match if _is_pattern(pat)):
+            return rule
+    return cfg.defaults
+
+
+def _is_pattern(pat: str) -> bool:
+    return any(c in pat for c in "*?[")
+
+
+def resolve_rule(cfg: Config, targets: Sequence[str]) -> RuleConfig | None:
+    """The rule for a search over `targets`; None when they resolve to different rules.
+
+    An empty target list (`/_search`) uses the rule for `_all`. Exclusions (`-logs`) do not
+    take part. A search whose targets resolve to different rules is passed through, never
+    guessed.
+    """
+    names = [t for t in targets if not t.startswith("-")] or ["_all"]
+    rules = {id(r): r for r in (_rule_for_one(cfg, n) for n in names)}
+    if len(rules) != 1:
+        return None
+    return next(iter(rules.values()))
+
+
+def config_table() -> str:
+    """Markdown table of every config key, generated from the field metadata."""
+    rows = ["| key | type | default | description |", "| --- | --- | --- | --- |"]
+
+    def walk(cls: Any, prefix: str) -> None:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            tp = hints[f.name]
+            key = f"{prefix}{f.name}"
+            if dataclasses.is_dataclass(tp):
+                walk(tp, key + ".")
+                continue
+            if typing.get_origin(tp) is tuple and dataclasses.is_dataclass(typing.get_args(tp)[0]):
+                rows.append(f"| `{key}` | list of rules | `[]` | {f.metadata['help']} |")
+                continue
+            default = (
+                f.default
+                if f.default is not dataclasses.MISSING
+                else typing.cast(Any, f.default_factory)()
+            )
+            shown = (
+                "null"
+                if default is None
+                else repr(list(default) if isinstance(default, tuple) else default)
+            )
+            text = f.metadata["help"].replace("|", "/")
+            rows.append(f"| `{key}` | {_type_name(tp)} | `{shown}` | {text} |")
+
+    walk(Config, "")
+    rows.append("")
+    rows.append("Each entry of `indices` takes the same keys as `defaults` (they inherit from it):")
+    rows.append("")
+    return "\n".join(rows)

@@ -1,0 +1,64 @@
+"""The proxy's exception hierarchy and Elasticsearch-shaped error bodies.
+
+    ProxyError
+    ├── UpstreamError            the cluster could not be used
+    │   ├── UpstreamUnavailable  connect/reset/protocol failure -> 502
+    │   └── UpstreamTimeout      connect or read timeout        -> 504
+    ├── RerankError              reranking failed; the search fails open
+    │   ├── RerankTimeout        the rule's time budget ran out
+    │   ├── RerankOverloaded     the inference queue is full
+    │   └── InvalidScores        NaN/inf scores or the wrong number of them
+    └── ModelLoadError           the model could not be loaded at start
+
+Third-party exceptions are translated at the edges (`raise X(...) from exc`).
+"""
+
+from __future__ import annotations
+
+import json
+
+
+class ProxyError(Exception):
+    """Base of every error the proxy raises itself."""
+
+
+class UpstreamError(ProxyError):
+    status = 502
+    error_type = "proxy_upstream_error"
+
+
+class UpstreamUnavailable(UpstreamError):
+    status = 502
+    error_type = "proxy_upstream_unavailable"
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    error_type = "proxy_upstream_timeout"
+
+
+class RerankError(ProxyError):
+    reason = "error"
+
+
+class RerankTimeout(RerankError):
+    reason = "timeout"
+
+
+class RerankOverloaded(RerankError):
+    reason = "overloaded"
+
+
+class InvalidScores(RerankError):
+    reason = "invalid_scores"
+
+
+class ModelLoadError(ProxyError):
+    """The model could not be loaded; the message says what to do."""
+
+
+def es_error_body(status: int, error_type: str, reason: str) -> bytes:
+    """An error body in Elasticsearch's shape, for errors the proxy itself produces."""
+    root = {"type": error_type, "reason": reason}
+    body = {"error": {"root_cause": [root], **root}, "status": status}
+    return json.dumps(body, ensure_ascii=False).encode()

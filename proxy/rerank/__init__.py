@@ -1,0 +1,1 @@
+"""Reranking: one async interface (`Reranker`), several synchronous backends behind it."""

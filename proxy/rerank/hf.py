@@ -1,0 +1,87 @@
+"""Loading from the Hugging Face hub or a local directory, and pair tokenisation.
+
+Shared by every model backend. Loading errors become `ModelLoadError` with instructions,
+because the most common failure is a machine that cannot reach the hub.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..errors import ModelLoadError
+
+HUB_HELP = (
+    "The model could not be fetched. If this machine cannot reach the Hugging Face hub,"
+    " download the model elsewhere (`huggingface-cli download {name} --local-dir DIR`) and set"
+    " `model.name` to that directory, or point HF_ENDPOINT at a hub mirror, or set"
+    " HF_HUB_OFFLINE=1 to use a warm local cache."
+)
+
+
+def model_load_error(name: str, exc: BaseException) -> ModelLoadError:
+    return ModelLoadError(f"cannot load model {name!r}: {exc}. " + HUB_HELP.format(name=name))
+
+
+def load_tokenizer(name: str) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(name)
+    except (OSError, ValueError) as exc:
+        raise model_load_error(name, exc) from exc
+
+
+def local_model_dir(name: str) -> Path | None:
+    """The directory holding the model files (local path, or the hub cache snapshot)."""
+    path = Path(name)
+    if path.is_dir():
+        return path
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(
+            snapshot_download(name, local_files_only=os.environ.get("HF_HUB_OFFLINE") == "1")
+        )
+    except Exception:  # noqa: BLE001 - any hub failure means "not available locally"
+        return None
+
+
+def tokenize_pairs(
+    tokenizer: Any, pairs: Sequence[tuple[str, str]], max_length: int
+) -> list[dict[str, list[int]]]:
+    """Encode `[CLS] q [SEP] d [SEP]`, truncating the document side to fit `max_length`.
+
+    Falls back to truncating both sides when the query alone does not fit.
+    """
+    queries = [q for q, _ in pairs]
+    docs = [d for _, d in pairs]
+    try:
+        enc = tokenizer(queries, docs, truncation="only_second", max_length=max_length)
+    except Exception:  # noqa: BLE001 - the tokenizer raises when the query alone is too long
+        enc = tokenizer(queries, docs, truncation="longest_first", max_length=max_length)
+    keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
+    return [{k: enc[k][i] for k in keys} for i in range(len(pairs))]
+
+
+def length_sorted_batches(
+    encoded: Sequence[dict[str, list[int]]], batch_size: int
+) -> Iterator[list[int]]:
+    """Indices grouped into batches of similar token length (minimal padding)."""
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]["input_ids"]))
+    for start in range(0, len(order), batch_size):
+        yield order[start : start + batch_size]
+
+
+def pad_batch(
+    encoded: Sequence[dict[str, list[int]]], idx: Sequence[int], pad_id: int
+) -> dict[str, list[list[int]]]:
+    """Right-pad one batch to its longest member."""
+    width = max(len(encoded[i]["input_ids"]) for i in idx)
+    out: dict[str, list[list[int]]] = {}
+    for key in encoded[idx[0]]:
+        fill = pad_id if key == "input_ids" else 0
+        out[key] = [encoded[i][key] + [fill] * (width - len(encoded[i][key])) for i in idx]
+    return out

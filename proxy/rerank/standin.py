@@ -1,0 +1,520 @@
+"""Random-weight stand-in for `mixedbread-ai/mxbai-rerank-xsmall-v1`, built locally.
+
+The project's machines cannot reach the model hub. Tests and benchmarks therefore build a
+model directory here: the real architecture (DeBERTa-v3-xsmall cross-encoder, 70,830,337
+parameters, the same compute per pair) with RANDOM weights, plus a SentencePiece tokenizer
+trained on local text and saved in the layout the hub uses (`spm.model`, `tokenizer.json`,
+`tokenizer_config.json`, `special_tokens_map.json`, `config.json`, `model.safetensors` in
+fp16). The product's normal loading path (`AutoTokenizer.from_pretrained(dir)` and
+`AutoModelForSequenceClassification.from_pretrained(dir)`) then runs unchanged.
+
+The classification head is rescaled so logits on real text have mean 0 and standard deviation
+2 (random weights alone give nearly constant logits, so sigmoid scores would tie). Rankings
+from a stand-in are meaningless: use it for speed, memory and plumbing, never for quality.
+
+torch, transformers and sentencepiece are imported inside the functions that need them, so
+this module imports without them.
+
+Command line::
+
+    python -m proxy.rerank.standin OUT_DIR [--size exact|tiny] [--corpus FILE ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import random
+import shutil
+import string
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, Final, Literal
+
+if TYPE_CHECKING:
+    import torch
+
+MODEL_ID: Final = "mixedbread-ai/mxbai-rerank-xsmall-v1"
+VERSION: Final = 1
+"""Bump when the build changes in a way that should invalidate cached stand-ins."""
+MARKER_FILE: Final = "standin.json"
+
+Size = Literal["exact", "tiny"]
+SIZES: Final[tuple[Size, ...]] = ("exact", "tiny")
+
+# Geometry of mixedbread-ai/mxbai-rerank-xsmall-v1 (copied from the architecture file kept
+# beside the shared model notes; that folder does not ship with the package).
+ARCHITECTURE: dict[str, Any] = {
+    "architectures": ["DebertaV2ForSequenceClassification"],
+    "model_type": "deberta-v2",
+    "vocab_size": 128100,
+    "hidden_size": 384,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 6,
+    "intermediate_size": 1536,
+    "hidden_act": "gelu",
+    "hidden_dropout_prob": 0.1,
+    "attention_probs_dropout_prob": 0.1,
+    "max_position_embeddings": 512,
+    "type_vocab_size": 0,
+    "initializer_range": 0.02,
+    "layer_norm_eps": 1e-7,
+    "relative_attention": True,
+    "max_relative_positions": -1,
+    "position_buckets": 256,
+    "norm_rel_ebd": "layer_norm",
+    "share_att_key": True,
+    "pos_att_type": ["p2c", "c2p"],
+    "position_biased_input": False,
+    "pad_token_id": 0,
+    "pooler_dropout": 0,
+    "pooler_hidden_act": "gelu",
+    "pooler_hidden_size": 384,
+    "num_labels": 1,
+    "id2label": {"0": "LABEL_0"},
+    "label2id": {"LABEL_0": 0},
+    "torch_dtype": "float16",
+}
+EXACT_PARAMETERS: Final = 70_830_337
+
+# Same class and code paths, scaled down for fast tests. The vocabulary keeps room for a
+# tokenizer of up to 8,191 pieces plus the added [MASK].
+TINY_OVERRIDES: dict[str, Any] = {
+    "vocab_size": 8192,
+    "hidden_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 128,
+    "position_buckets": 64,
+    "pooler_hidden_size": 64,
+}
+
+SPECIAL_TOKENS: Final[dict[str, str]] = {
+    "bos_token": "[CLS]",
+    "eos_token": "[SEP]",
+    "unk_token": "[UNK]",
+    "sep_token": "[SEP]",
+    "pad_token": "[PAD]",
+    "cls_token": "[CLS]",
+    "mask_token": "[MASK]",
+}
+SPECIAL_IDS: Final[dict[str, int]] = {"[PAD]": 0, "[CLS]": 1, "[SEP]": 2, "[UNK]": 3}
+MODEL_MAX_LENGTH: Final = 512
+
+TARGET_LOGIT_STD: Final = 2.0
+CALIBRATION_PAIRS: Final = 256
+CALIBRATION_MAX_LENGTH: Final = 128
+_CALIBRATION_BATCH: Final = 32
+# Keys `from_pretrained` records about the load it did, not about the tokenizer.
+_LOADER_ARTEFACTS: Final = ("is_local", "local_files_only", "name_or_path")
+
+README_TEXT: Final = f"""\
+# RANDOM-WEIGHT STAND-IN - NOT {MODEL_ID}
+
+**THIS MODEL HAS RANDOM WEIGHTS. ITS SCORES AND RANKINGS ARE MEANINGLESS.**
+
+It was built locally by `proxy.rerank.standin` because the model hub cannot be reached:
+the architecture of `{MODEL_ID}` with random weights (classification head rescaled so
+logits on text have mean 0 and standard deviation 2), and a SentencePiece tokenizer trained
+on local text, saved in the hub's layout so the normal loading code runs unchanged.
+
+Use it only for speed, memory, and end-to-end plumbing tests. Never report ranking quality
+(nDCG, MRR, ...) measured with it. `{MARKER_FILE}` in this directory marks it as a stand-in.
+"""
+
+
+def architecture(size: Size = "exact") -> dict[str, Any]:
+    """The `DebertaV2Config` keyword arguments for `size` (a fresh copy)."""
+    if size not in SIZES:
+        raise ValueError(f"size must be one of {SIZES}, not {size!r}")
+    arch = json.loads(json.dumps(ARCHITECTURE))
+    if size == "tiny":
+        arch.update(TINY_OVERRIDES)
+    return dict(arch)
+
+
+def is_standin(model_dir: str | os.PathLike[str]) -> bool:
+    """Whether `model_dir` holds a stand-in built by this module (its marker file)."""
+    return (Path(model_dir) / MARKER_FILE).is_file()
+
+
+def read_standin_marker(model_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """The marker's contents (size, seed, vocabulary size, version, calibration)."""
+    with open(Path(model_dir) / MARKER_FILE, encoding="utf-8") as fh:
+        data: dict[str, Any] = json.load(fh)
+    return data
+
+
+def build_standin_model(
+    out_dir: str | os.PathLike[str],
+    texts: Iterable[str],
+    *,
+    size: Size = "exact",
+    seed: int = 0,
+    vocab_size: int = 8000,
+) -> Path:
+    """Build a stand-in model directory at `out_dir` and return its path.
+
+    `texts` trains the tokenizer (a SentencePiece unigram model; fewer pieces than
+    `vocab_size` when the corpus is too small for more) and calibrates the classification
+    head. `out_dir` must be missing, empty, or an earlier stand-in (which is overwritten).
+    """
+    if size not in SIZES:
+        raise ValueError(f"size must be one of {SIZES}, not {size!r}")
+    arch = architecture(size)
+    if not len(SPECIAL_IDS) < vocab_size < arch["vocab_size"]:
+        raise ValueError(
+            f"vocab_size must be between {len(SPECIAL_IDS) + 1} and {arch['vocab_size'] - 1}"
+            f" for size {size!r} (the embedding matrix has {arch['vocab_size']} rows,"
+            " one more token is the added [MASK])"
+        )
+    corpus = [t for t in (" ".join(text.split()) for text in texts) if t]
+    if len(set(corpus)) < 2:
+        raise ValueError("need at least two distinct non-empty texts")
+
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()) and not is_standin(out):
+        raise FileExistsError(f"{out} is not empty and is not a stand-in model directory")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER_FILE).unlink(missing_ok=True)  # an interrupted rebuild must not look done
+
+    with tempfile.TemporaryDirectory(prefix="standin-tok-") as work:
+        tokenizer, pieces = _build_tokenizer(corpus, Path(work), out, vocab_size)
+    calibration = _build_model(out, arch, tokenizer, corpus, seed)
+
+    (out / "README.md").write_text(README_TEXT, encoding="utf-8")
+    marker = {
+        "standin": True,
+        "model": MODEL_ID,
+        "version": VERSION,
+        "size": size,
+        "seed": seed,
+        "vocab_size": vocab_size,
+        "tokenizer_pieces": pieces,
+        "tokenizer_length": len(tokenizer),
+        "note": "RANDOM WEIGHTS: scores and rankings are meaningless",
+        **calibration,
+    }
+    # The marker goes last: its presence means the directory is complete.
+    (out / MARKER_FILE).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
+    return out
+
+
+def ensure_standin_model(
+    cache_root: str | os.PathLike[str],
+    texts_factory: Callable[[], Iterable[str]],
+    *,
+    size: Size,
+    seed: int = 0,
+) -> Path:
+    """The cached stand-in `cache_root/standin-<size>-v<VERSION>-<seed>`, built on first use.
+
+    `texts_factory` is called only when a build is needed. The build happens in a temporary
+    directory beside the final one and is renamed into place, so readers never see a partial
+    model and concurrent builders do not clash (the first rename wins).
+    """
+    if size not in SIZES:
+        raise ValueError(f"size must be one of {SIZES}, not {size!r}")
+    root = Path(cache_root)
+    final = root / f"standin-{size}-v{VERSION}-{seed}"
+    if is_standin(final):
+        return final
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=root))
+    try:
+        build_standin_model(tmp, texts_factory(), size=size, seed=seed)
+        try:
+            tmp.rename(final)
+        except OSError:
+            if not is_standin(final):  # not a lost race: a stale, incomplete directory
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+# --- tokenizer -----------------------------------------------------------------------------
+
+
+def _build_tokenizer(
+    corpus: Sequence[str], work: Path, out: Path, vocab_size: int
+) -> tuple[Any, int]:
+    """Train the SentencePiece model, save the tokenizer files into `out`; (tokenizer, pieces)."""
+    import sentencepiece as spm
+    import transformers
+
+    text_file = work / "corpus.txt"
+    with open(text_file, "w", encoding="utf-8") as fh:
+        for text in corpus:
+            fh.write(text + "\n")
+        # Every printable ASCII character gets a piece, so queries never hit [UNK] on them.
+        fh.write(" ".join(string.ascii_letters + string.digits + string.punctuation) + "\n")
+    spm_dir = work / "spm"
+    spm_dir.mkdir()
+    spm.SentencePieceTrainer.train(
+        input=str(text_file),
+        model_prefix=str(spm_dir / "spm"),
+        model_type="unigram",
+        vocab_size=vocab_size,
+        hard_vocab_limit=False,  # small corpora: fewer pieces instead of an error
+        character_coverage=1.0,
+        pad_id=SPECIAL_IDS["[PAD]"],
+        bos_id=SPECIAL_IDS["[CLS]"],
+        eos_id=SPECIAL_IDS["[SEP]"],
+        unk_id=SPECIAL_IDS["[UNK]"],
+        pad_piece="[PAD]",
+        bos_piece="[CLS]",
+        eos_piece="[SEP]",
+        unk_piece="[UNK]",
+        max_sentence_length=1 << 16,
+        num_threads=max(1, min(os.cpu_count() or 1, 8)),
+        minloglevel=2,
+    )
+    spm_file = spm_dir / "spm.model"
+    pieces = int(spm.SentencePieceProcessor(model_file=str(spm_file)).get_piece_size())
+
+    # transformers 4 converts the slow (sentencepiece) tokenizer into the fast class; in
+    # transformers 5 both names are the one tokenizers-backed class, which converts the
+    # SentencePiece model itself.
+    tok_cls: Any = getattr(transformers, "DebertaV2TokenizerFast", None)
+    if tok_cls is None:
+        tok_cls = transformers.DebertaV2Tokenizer
+    tokenizer = tok_cls.from_pretrained(
+        str(spm_dir), model_max_length=MODEL_MAX_LENGTH, **SPECIAL_TOKENS
+    )
+    if tokenizer.mask_token_id is None or tokenizer.mask_token_id == tokenizer.unk_token_id:
+        tokenizer.add_special_tokens({"mask_token": "[MASK]"})
+    for piece, want in SPECIAL_IDS.items():
+        got = tokenizer.convert_tokens_to_ids(piece)
+        if got != want:
+            raise RuntimeError(f"tokenizer maps {piece} to {got}, expected {want}")
+    if tokenizer.convert_tokens_to_ids("[MASK]") != pieces:
+        raise RuntimeError("[MASK] is not the added token right after the SentencePiece pieces")
+
+    tokenizer.save_pretrained(str(out))
+    shutil.copyfile(spm_file, out / "spm.model")
+    stm = out / "special_tokens_map.json"
+    if not stm.exists():  # transformers 5 no longer writes it; the hub layout has it
+        stm.write_text(json.dumps(SPECIAL_TOKENS, indent=2) + "\n", encoding="utf-8")
+    _tidy_tokenizer_config(out / "tokenizer_config.json")
+    return tokenizer, pieces
+
+
+def _tidy_tokenizer_config(path: Path) -> None:
+    """Drop what describes this build rather than the tokenizer.
+
+    `from_pretrained` records `is_local`/`local_files_only` about the temporary directory it
+    read. transformers 5 also lists the SentencePiece control pieces ([PAD], [CLS], [SEP])
+    as `extra_special_tokens`, a list; they are already the named special tokens, and
+    transformers 4 expects a mapping under that key, so a redundant list is removed.
+    """
+    with open(path, encoding="utf-8") as fh:
+        cfg: dict[str, Any] = json.load(fh)
+    for key in _LOADER_ARTEFACTS:
+        cfg.pop(key, None)
+    extra = cfg.get("extra_special_tokens")
+    if isinstance(extra, list) and set(map(str, extra)) <= set(SPECIAL_TOKENS.values()):
+        del cfg["extra_special_tokens"]
+    path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+# --- model ---------------------------------------------------------------------------------
+
+
+def _build_model(
+    out: Path, arch: dict[str, Any], tokenizer: Any, corpus: Sequence[str], seed: int
+) -> dict[str, Any]:
+    """Build, calibrate and save the model (fp16 safetensors); return calibration facts."""
+    import torch
+    from transformers import DebertaV2Config, DebertaV2ForSequenceClassification
+
+    kwargs = dict(arch)
+    # The saved dtype follows the weights (fp16); passing it here only triggers a
+    # deprecation notice in transformers 5 (`torch_dtype` became `dtype`).
+    kwargs.pop("torch_dtype", None)
+    config = DebertaV2Config(**kwargs)
+    torch.manual_seed(seed)
+    model = DebertaV2ForSequenceClassification(config).eval()  # type: ignore[no-untyped-call]
+    # Round every weight to fp16 first: calibration then sees exactly the weights that a
+    # reload of the fp16 checkpoint in fp32 will see.
+    model.half().float()
+
+    features = _classifier_inputs(model, tokenizer, corpus)
+    head = model.classifier
+    with torch.no_grad():
+        before = features @ head.weight.T.squeeze(-1) + head.bias
+        mean, std = float(before.mean()), float(before.std())
+        if not std > 0.0 or not torch.isfinite(before).all():
+            raise RuntimeError(f"cannot calibrate the head: logit std {std!r} on the corpus")
+        scale = TARGET_LOGIT_STD / std
+        head.weight.mul_(scale)
+        head.bias.sub_(mean).mul_(scale)
+        head.half().float()
+        after = features @ head.weight.T.squeeze(-1) + head.bias
+    logit_mean, logit_std = float(after.mean()), float(after.std())
+    if not (abs(logit_mean) < 0.5 and 1.5 <= logit_std <= 2.5):
+        raise RuntimeError(
+            f"calibration failed after fp16 rounding: mean {logit_mean:.3f}, std {logit_std:.3f}"
+        )
+    model.half().save_pretrained(str(out), safe_serialization=True)
+    return {
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "calibration_pairs": int(features.shape[0]),
+        "calibration_max_length": CALIBRATION_MAX_LENGTH,
+        "raw_logit_mean": mean,
+        "raw_logit_std": std,
+        "logit_mean": logit_mean,
+        "logit_std": logit_std,
+    }
+
+
+def calibration_pairs(
+    texts: Sequence[str], limit: int = CALIBRATION_PAIRS
+) -> list[tuple[str, str]]:
+    """The (query, document) pairs used to calibrate: text i with text (i*7+3) % n."""
+    n = len(texts)
+    return [(texts[i], texts[(i * 7 + 3) % n]) for i in range(min(limit, n))]
+
+
+def _classifier_inputs(model: Any, tokenizer: Any, corpus: Sequence[str]) -> torch.Tensor:
+    """The classifier's input features (fp32) over the calibration pairs."""
+    import torch
+
+    captured: list[torch.Tensor] = []
+
+    def hook(_module: Any, inputs: tuple[torch.Tensor, ...]) -> None:
+        captured.append(inputs[0].detach().float())
+
+    pairs = calibration_pairs(corpus)
+    handle = model.classifier.register_forward_pre_hook(hook)
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(pairs), _CALIBRATION_BATCH):
+                chunk = pairs[start : start + _CALIBRATION_BATCH]
+                enc = tokenizer(
+                    [q for q, _ in chunk],
+                    [d for _, d in chunk],
+                    truncation=True,
+                    max_length=CALIBRATION_MAX_LENGTH,
+                    padding=True,
+                    return_tensors="pt",
+                )
+                model(**enc)
+    finally:
+        handle.remove()
+    # Leave inference mode's tensors behind so the head can be updated with them.
+    return torch.cat(captured).clone()
+
+
+# --- corpus files --------------------------------------------------------------------------
+
+
+def _open_text(path: Path) -> IO[str]:
+    if path.suffix == ".gz":
+        return gzip.open(path, "rt", encoding="utf-8")
+    return open(path, encoding="utf-8")
+
+
+def iter_corpus_texts(path: str | os.PathLike[str]) -> Iterator[str]:
+    """Texts from a corpus file: `.jsonl`/`.jsonl.gz` with `title`/`text` keys (BEIR), else
+    one text per non-empty line (`.gz` allowed)."""
+    p = Path(path)
+    is_jsonl = p.name.endswith((".jsonl", ".jsonl.gz"))
+    with _open_text(p) as fh:
+        for line in fh:
+            line = line.strip()
+            if not line:
+                continue
+            if is_jsonl:
+                doc = json.loads(line)
+                parts = [str(doc.get(k) or "").strip() for k in ("title", "text")]
+                line = " ".join(part for part in parts if part)
+                if not line:
+                    continue
+            yield line
+
+
+_SYNTHETIC_WORDS: Final = (
+    "cell cells protein proteins gene genes expression tumor tumour cancer immune response"
+    " patient patients study studies clinical trial blood brain mouse mice model models risk"
+    " effect effects level levels increase increased reduce reduced receptor signaling"
+    " pathway activity binding mutation mutations therapy treatment dose disease infection"
+    " virus bacterial human mammalian tissue liver heart lung kidney insulin glucose"
+    " metabolism inflammation antibody antigen vaccine sequence analysis data method results"
+    " significant association outcome mortality cohort randomized placebo control group"
+    " the of and in to with for by on from that was were is are not no than after during"
+)
+
+
+def synthetic_texts(n: int = 2000, seed: int = 0) -> list[str]:
+    """Deterministic pseudo-scientific sentences, for when no corpus file is at hand."""
+    words = _SYNTHETIC_WORDS.split()
+    rng = random.Random(seed)
+    out: list[str] = []
+    for i in range(n):
+        body = " ".join(rng.choice(words) for _ in range(rng.randint(6, 40)))
+        unit = rng.choice(["mg", "ml", "kDa", "%"])
+        extra = f" ({rng.randint(1, 999)} {unit}, p<0.{rng.randint(1, 5)})"
+        out.append(f"{body.capitalize()}{extra if i % 3 == 0 else ''}.")
+    return out
+
+
+# --- command line --------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m proxy.rerank.standin",
+        description=f"Build a RANDOM-WEIGHT stand-in for {MODEL_ID} (meaningless rankings).",
+    )
+    parser.add_argument("out_dir", type=Path, help="directory to write (missing or empty)")
+    parser.add_argument("--size", choices=SIZES, default="exact")
+    parser.add_argument(
+        "--corpus",
+        type=Path,
+        nargs="*",
+        default=[],
+        metavar="FILE",
+        help="plain text lines, or BEIR .jsonl/.jsonl.gz with title/text (default: synthetic)",
+    )
+    parser.add_argument("--max-texts", type=int, default=5000, help="texts read in all (5000)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--vocab-size", type=int, default=8000)
+    args = parser.parse_args(argv)
+
+    texts: list[str] = []
+    for path in args.corpus:
+        for text in iter_corpus_texts(path):
+            if len(texts) >= args.max_texts:
+                break
+            texts.append(text)
+    if not args.corpus:
+        print("no --corpus given: training the tokenizer on synthetic text", file=sys.stderr)
+        texts = synthetic_texts(min(args.max_texts, 2000), args.seed)
+
+    start = time.perf_counter()
+    try:
+        out = build_standin_model(
+            args.out_dir, texts, size=args.size, seed=args.seed, vocab_size=args.vocab_size
+        )
+    except (ValueError, FileExistsError) as exc:
+        parser.error(str(exc))
+    marker = read_standin_marker(out)
+    print(
+        f"built RANDOM-WEIGHT stand-in ({args.size}) in {time.perf_counter() - start:.1f}s"
+        f" at {out}:"
+        f" {marker['parameters']:,} parameters, {marker['tokenizer_pieces']} tokenizer pieces"
+        f" from {len(texts)} texts, logits mean {marker['logit_mean']:.3f}"
+        f" std {marker['logit_std']:.3f}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

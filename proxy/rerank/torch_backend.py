@@ -1,0 +1,72 @@
+"""PyTorch backend: transformers' AutoModelForSequenceClassification.
+
+fp32 on CPU (the published checkpoint is fp16, which is several times slower on CPU), fp16 on
+CUDA, bf16 on CPU as an explicit, approximate choice. Score = sigmoid(logit), as mixedbread's
+`mxbai-rerank` and sentence-transformers' `CrossEncoder` compute it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from .base import Backend
+from .device import cpu_threads, default_batch_size, pick_device
+from .hf import length_sorted_batches, load_tokenizer, model_load_error, pad_batch, tokenize_pairs
+
+if TYPE_CHECKING:
+    from ..config import ModelConfig
+
+
+class TorchBackend(Backend):
+    def __init__(
+        self, name: str, *, device: str, dtype: str, batch_size: int, threads: int
+    ) -> None:
+        import torch
+        from transformers import AutoModelForSequenceClassification
+
+        self.device = device
+        if device == "cpu":
+            torch.set_num_threads(cpu_threads(threads))
+        torch_dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
+        self.tokenizer = load_tokenizer(name)
+        try:
+            model = AutoModelForSequenceClassification.from_pretrained(name, dtype=torch_dtype)
+        except (OSError, ValueError) as exc:
+            raise model_load_error(name, exc) from exc
+        self.model: Any = model.to(device).eval()
+        self.batch_size = default_batch_size(batch_size, device)
+        self.model_id = f"{name}|torch|{dtype}"
+        self._torch = torch
+
+    def score_pairs(self, pairs: Sequence[tuple[str, str]], max_length: int) -> list[float]:
+        torch = self._torch
+        encoded = tokenize_pairs(self.tokenizer, pairs, max_length)
+        scores = [0.0] * len(pairs)
+        pad_id = self.tokenizer.pad_token_id or 0
+        with torch.inference_mode():
+            for idx in length_sorted_batches(encoded, self.batch_size):
+                batch = {
+                    k: torch.tensor(v, device=self.device)
+                    for k, v in pad_batch(encoded, idx, pad_id).items()
+                }
+                logits = self.model(**batch).logits.float()[:, 0]
+                for i, s in zip(idx, torch.sigmoid(logits).tolist(), strict=True):
+                    scores[i] = s
+        return scores
+
+
+def _load(cfg: ModelConfig, cpu_dtype: str) -> Backend:
+    device = pick_device(cfg.device)
+    dtype = "fp16" if device == "cuda" else cpu_dtype
+    return TorchBackend(
+        cfg.name, device=device, dtype=dtype, batch_size=cfg.batch_size, threads=cfg.threads
+    )
+
+
+def load_torch(cfg: ModelConfig) -> Backend:
+    return _load(cfg, "fp32")
+
+
+def load_torch_bf16(cfg: ModelConfig) -> Backend:
+    return _load(cfg, "bf16")

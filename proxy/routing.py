@@ -1,0 +1,80 @@
+"""Request routing: which requests may be reranked, decided from method and path alone.
+
+Pure module. The body-dependent decision (scroll, sort, size 0, ...) is `search.plan_search`.
+NDJSON endpoints are recognised by path, not by header: opensearch-py sends `_msearch` as
+plain `application/json`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+from urllib.parse import parse_qsl, unquote_plus
+
+from .config import split_targets
+
+RouteKind = Literal["pass", "search", "msearch", "search_template", "msearch_template", "admin"]
+ADMIN_PREFIX = "/_rerank_proxy/"
+
+_ENDPOINTS: dict[tuple[str, ...], RouteKind] = {
+    ("_search",): "search",
+    ("_msearch",): "msearch",
+    ("_search", "template"): "search_template",
+    ("_msearch", "template"): "msearch_template",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    kind: RouteKind
+    targets: tuple[str, ...] = ()
+
+
+PASS = Route("pass")
+
+
+def classify(method: str, raw_path: str) -> Route:
+    """Classify a request by method and raw (still percent-encoded) path."""
+    if raw_path.startswith(ADMIN_PREFIX) or raw_path == ADMIN_PREFIX.rstrip("/"):
+        return Route("admin")
+    if method not in ("GET", "POST"):
+        return PASS
+    segments = [s for s in raw_path.split("/") if s]
+    if not segments:
+        return PASS
+    target: str | None = None
+    if not segments[0].startswith("_") or (segments[0] == "_all" and len(segments) > 1):
+        target, segments = segments[0], segments[1:]
+    kind = _ENDPOINTS.get(tuple(segments))
+    if kind is None:
+        return PASS
+    return Route(kind, tuple(split_targets(target)) if target else ())
+
+
+def split_path_query(raw_path_qs: str) -> tuple[str, str]:
+    path, _, query = raw_path_qs.partition("?")
+    return path, query
+
+
+def parse_params(raw_query: str) -> list[tuple[str, str]]:
+    """Decoded query parameters, in order (used for decisions, never for forwarding)."""
+    return parse_qsl(raw_query, keep_blank_values=True)
+
+
+def without_params(raw_query: str, names: frozenset[str]) -> str:
+    """The raw query string with the named parameters removed, the rest byte-exact."""
+    if not raw_query:
+        return raw_query
+    kept = [
+        part
+        for part in raw_query.split("&")
+        if part and unquote_plus(part.split("=", 1)[0]) not in names
+    ]
+    return "&".join(kept)
+
+
+def with_params(raw_query: str, extra: dict[str, str]) -> str:
+    """Append parameters (values are plain tokens: numbers and booleans)."""
+    parts = [raw_query] if raw_query else []
+    parts.extend(f"{k}={v}" for k, v in extra.items())
+    return "&".join(parts)
