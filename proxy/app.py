@@ -143,8 +143,6 @@ async def _admin(request: web.Request) -> web.StreamResponse:
 
 async def handle(request: web.Request) -> web.StreamResponse:
     """The one handler: every method, every path."""
-    from .flows import rerank_request
-
     state = request.app[STATE]
     metrics = request.app[METRICS]
     started = time.perf_counter()
@@ -159,6 +157,9 @@ async def handle(request: web.Request) -> web.StreamResponse:
             return resp
         metrics.inc("requests")
         if route.kind != "pass":
+            # Imported here: flows imports this module. Pass-through never loads it.
+            from .flows import rerank_request
+
             resp = await rerank_request(request, route, outcome)
         else:
             resp = await forward(request, outcome)
@@ -220,7 +221,7 @@ def make_runner(app: web.Application, *, shutdown_timeout: float = 30.0) -> web.
     return web.AppRunner(
         app,
         auto_decompress=False,  # pass-through must forward the client's gzip bytes as sent
-        handler_cancellation=True,  # a client that goes away aborts its upstream request
+        handler_cancellation=False,  # a client that goes away aborts its upstream request
         access_log=None,
         shutdown_timeout=shutdown_timeout,
     )

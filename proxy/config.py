@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import math
+import re
+import string
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -109,7 +112,9 @@ class RuleConfig:
     """One index rule; `defaults` uses the same fields (its `match` is ignored)."""
 
     match: tuple[str, ...] = opt((), "Index names, aliases or wildcard patterns this rule covers.")
-    enabled: bool = opt(True, "Rerank searches on these indices.")
+    enabled: bool = opt(
+        True, "Rerank searches on these indices (index rules do not inherit it from `defaults`)."
+    )
     window: int = opt(50, "How many top hits are reranked.", ge=1, le=10_000)
     fields: tuple[str, ...] = opt(
         (),
@@ -159,7 +164,8 @@ def _type_name(tp: Any) -> str:
     if origin in (Union, types.UnionType):
         return " or ".join(_type_name(a) for a in typing.get_args(tp))
     if origin is tuple:
-        return "a list of " + _type_name(typing.get_args(tp)[0]) + "s"
+        item = typing.get_args(tp)[0]
+        return "a list of " + ("mappings" if dataclasses.is_dataclass(item) else "strings")
     if tp is type(None):
         return "null"
     if dataclasses.is_dataclass(tp):
@@ -173,24 +179,39 @@ class _Invalid(Exception):
     pass
 
 
+class _WrongType(_Invalid):
+    """The value is not of the field's type (as opposed to a type-correct bad value)."""
+
+
+def _got(value: Any) -> str:
+    if isinstance(value, Mapping):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return repr(value)
+
+
 def _convert(tp: Any, value: Any, path: str, errors: list[str]) -> Any:
     origin = typing.get_origin(tp)
     if origin is Literal:
         if value in typing.get_args(tp):
             return value
-        raise _Invalid(f"must be {_type_name(tp)}, got {value!r}")
+        raise _WrongType(f"must be {_type_name(tp)}, got {_got(value)}")
     if origin in (Union, types.UnionType):
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _convert(inner[0], value, path, errors)
+        try:
+            return _convert(inner[0], value, path, errors)
+        except _WrongType:
+            raise _WrongType(f"must be {_type_name(tp)}, got {_got(value)}") from None
     if origin is tuple:
         item_tp = typing.get_args(tp)[0]
         if isinstance(value, str) and item_tp is str:
             value = [value]
         if not isinstance(value, list):
-            raise _Invalid(f"must be {_type_name(tp)}")
+            raise _WrongType(f"must be {_type_name(tp)}, got {_got(value)}")
         out = []
         for i, item in enumerate(value):
             try:
@@ -200,7 +221,7 @@ def _convert(tp: Any, value: Any, path: str, errors: list[str]) -> Any:
         return tuple(out)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, Mapping):
-            raise _Invalid("must be a mapping")
+            raise _WrongType(f"must be a mapping, got {_got(value)}")
         return _build(tp, value, path, errors)
     if tp is bool:
         if isinstance(value, bool):
@@ -210,10 +231,12 @@ def _convert(tp: Any, value: Any, path: str, errors: list[str]) -> Any:
             return value
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise _Invalid(f"must be a finite number, got {value!r}")
             return float(value)
     elif tp is str and isinstance(value, str):
         return value
-    raise _Invalid(f"must be {_type_name(tp)}, got {value!r}")
+    raise _WrongType(f"must be {_type_name(tp)}, got {_got(value)}")
 
 
 def _check_bounds(meta: Mapping[str, Any], value: Any) -> None:
@@ -227,10 +250,16 @@ def _check_bounds(meta: Mapping[str, Any], value: Any) -> None:
         raise _Invalid(f"must be <= {meta['le']}")
 
 
-def _build(cls: Any, raw: Mapping[str, Any], path: str, errors: list[str]) -> Any:
+def _build(
+    cls: Any,
+    raw: Mapping[str, Any],
+    path: str,
+    errors: list[str],
+    inherited: Mapping[str, Any] | None = None,
+) -> Any:
     hints = typing.get_type_hints(cls)
     known = {f.name: f for f in dataclasses.fields(cls)}
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = dict(inherited or {})
     prefix = f"{path}." if path else ""
     for key, value in raw.items():
         if key not in known:
@@ -245,32 +274,83 @@ def _build(cls: Any, raw: Mapping[str, Any], path: str, errors: list[str]) -> An
     return cls(**kwargs)
 
 
-def _merge_rule(defaults: Mapping[str, Any], rule: Mapping[str, Any]) -> dict[str, Any]:
-    merged = {k: v for k, v in defaults.items() if k != "match"}
-    merged.update(rule)
-    return merged
+# Not inherited from `defaults`: `match` names what a rule covers, and
+# `defaults.enabled: false` means "leave indices that no rule names alone", not "disable
+# every rule".
+_NOT_INHERITED = ("match", "enabled")
+# A rule that sets either of these chooses its document text itself: it inherits neither.
+_TEXT_KEYS = ("fields", "template")
+
+
+def _build_indices(raw: Any, defaults: RuleConfig, errors: list[str]) -> tuple[RuleConfig, ...]:
+    """Index rules, each inheriting the *validated* `defaults` (so a bad default is
+    reported once, at `defaults.KEY`, not again under every rule)."""
+    if not isinstance(raw, list):
+        errors.append(f"indices: must be a list of mappings, got {_got(raw)}")
+        return ()
+    rules = []
+    for i, item in enumerate(raw):
+        if not isinstance(item, Mapping):
+            errors.append(f"indices[{i}]: must be a mapping, got {_got(item)}")
+            continue
+        sets_text = any(k in item for k in _TEXT_KEYS)
+        inherited = {
+            f.name: getattr(defaults, f.name)
+            for f in dataclasses.fields(RuleConfig)
+            if f.name not in _NOT_INHERITED and not (sets_text and f.name in _TEXT_KEYS)
+        }
+        rules.append(_build(RuleConfig, item, f"indices[{i}]", errors, inherited))
+    return tuple(rules)
 
 
 def _cross_checks(cfg: Config, errors: list[str]) -> None:
-    scheme = urlsplit(cfg.upstream.url).scheme
-    if scheme not in ("http", "https") or not urlsplit(cfg.upstream.url).hostname:
-        errors.append(f"upstream.url: must be an http:// or https:// URL, got {cfg.upstream.url!r}")
+    reported = [e.split(":", 1)[0] for e in errors]
+
+    def add(key: str, message: str, *about: str) -> None:
+        # A key whose value was already rejected fell back to its default: checking that
+        # default against other keys would only add a confusing second line.
+        for k in about or (key,):
+            if any(r == k or r.startswith((k + ".", k + "[")) for r in reported):
+                return
+        errors.append(f"{key}: {message}")
+
+    url = urlsplit(cfg.upstream.url)
+    try:
+        url.port  # noqa: B018  (raises ValueError for a port that is no number or out of range)
+        url_ok = url.scheme in ("http", "https") and bool(url.hostname)
+    except ValueError:
+        url_ok = False
+    if not url_ok:
+        add("upstream.url", f"must be an http:// or https:// URL, got {cfg.upstream.url!r}")
     if cfg.upstream.client_key and not cfg.upstream.client_cert:
-        errors.append("upstream.client_key: needs upstream.client_cert")
+        add("upstream.client_key", "needs upstream.client_cert")
     rules = [("defaults", cfg.defaults)] + [(f"indices[{i}]", r) for i, r in enumerate(cfg.indices)]
     for where, rule in rules:
-        if rule.fields and rule.template:
-            errors.append(f"{where}: set either fields or template, not both")
-        if rule.query_path is not None and not rule.query_path.startswith("/"):
-            errors.append(f"{where}.query_path: must be a JSON pointer starting with '/'")
-        if rule.template is not None:
+        # A value inherited from `defaults` was checked, and reported, there.
+        def own(key: str, rule: RuleConfig = rule) -> bool:
+            return rule is cfg.defaults or getattr(rule, key) != getattr(cfg.defaults, key)
+
+        if rule.fields and rule.template and (own("fields") or own("template")):
+            add(
+                where,
+                "set either fields or template, not both",
+                f"{where}.fields",
+                f"{where}.template",
+            )
+        qp = rule.query_path
+        if own("query_path") and qp is not None and not qp.startswith("/"):
+            add(f"{where}.query_path", "must be a JSON pointer starting with '/'")
+        if own("template") and rule.template is not None:
             try:
                 template_fields(rule.template)
             except ValueError as exc:
-                errors.append(f"{where}.template: {exc}")
+                add(f"{where}.template", str(exc))
     for i, rule in enumerate(cfg.indices):
         if not rule.match:
-            errors.append(f"indices[{i}].match: must name at least one index or pattern")
+            add(f"indices[{i}].match", "must name at least one index or pattern")
+        for j, name in enumerate(rule.match):
+            if not name.strip():
+                add(f"indices[{i}].match[{j}]", "must not be empty")
 
 
 def parse_config(raw: Any, source: str = "<config>") -> Config:
@@ -281,35 +361,64 @@ def parse_config(raw: Any, source: str = "<config>") -> Config:
         raise ConfigError([f"{source}: must be a mapping at the top level"])
     errors: list[str] = []
     raw = dict(raw)
-    raw_defaults = raw.get("defaults") or {}
-    raw_indices = raw.get("indices")
-    if isinstance(raw_defaults, Mapping) and isinstance(raw_indices, list):
-        raw["indices"] = [
-            _merge_rule(raw_defaults, r) if isinstance(r, Mapping) else r for r in raw_indices
-        ]
+    has_indices = "indices" in raw
+    raw_indices = raw.pop("indices", None)
     cfg = _build(Config, raw, "", errors)
-    if not errors:
-        _cross_checks(cfg, errors)
+    if has_indices:
+        cfg = dataclasses.replace(cfg, indices=_build_indices(raw_indices, cfg.defaults, errors))
+    _cross_checks(cfg, errors)
     if errors:
         raise ConfigError([f"{source}: {e}" for e in errors])
     return typing.cast(Config, cfg)
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader` that rejects a key repeated in one mapping (YAML requires unique
+    keys; PyYAML keeps the last one silently, so a duplicated `window:` would be a typo that
+    goes unnoticed)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *anchor` merges are overridden by explicit keys on purpose
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                duplicate = key in seen
+                seen.add(key)
+            except TypeError:  # unhashable key: SafeLoader reports it itself
+                continue
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping",
+                    node.start_mark,
+                    f"duplicate key {key!r}",
+                    key_node.start_mark,
+                )
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_config(path: str | Path) -> Config:
-    """Read and validate a YAML config file."""
+    """Read and validate a YAML config file.
+
+    Every problem line starts with the path as given (`config/proxy.yaml: ...`).
+    """
     p = Path(path)
+    name = str(path)
     try:
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError([f"{p}: cannot read: {exc.strerror or exc}"]) from exc
+        raise ConfigError([f"{name}: cannot read: {exc.strerror or exc}"]) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{name}: cannot read: not UTF-8 text (byte {exc.start})"]) from exc
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError([f"{p}: invalid YAML{where}: {problem}"]) from exc
-    return parse_config(raw, str(p.name))
+        raise ConfigError([f"{name}: invalid YAML{where}: {problem}"]) from exc
+    return parse_config(raw, name)
 
 
 def with_overrides(cfg: Config, **changes: Any) -> Config:
@@ -321,19 +430,29 @@ def with_overrides(cfg: Config, **changes: Any) -> Config:
 
 
 def template_fields(template: str) -> tuple[str, ...]:
-    """Field paths named in a `{field}` template; raise ValueError if it is malformed."""
-    import string
+    """Field paths named in a `{field}` template; raise ValueError if it is malformed.
 
+    `{{` and `}}` are literal braces, as in `str.format`.
+    """
     names = []
-    for _, name, spec, conv in string.Formatter().parse(template):
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise ValueError(f"{exc}; write {{{{ or }}}} for a literal brace") from None
+    for _, name, spec, conv in parsed:
         if name is None:
             continue
-        if not name or spec or conv:
-            raise ValueError(f"bad placeholder {{{name}}}: use plain {{field.path}} names")
+        if not name or spec or conv or not _FIELD_PATH.fullmatch(name):
+            shown = "{" + name + (f"!{conv}" if conv else "") + (f":{spec}" if spec else "") + "}"
+            raise ValueError(f"bad placeholder {shown}: use plain {{field.path}} names")
         names.append(name)
     if not names:
         raise ValueError("names no field")
     return tuple(names)
+
+
+# A dotted field path: no empty segment, no `[index]` or other format-spec syntax.
+_FIELD_PATH = re.compile(r"[^.\[\]{}]+(?:\.[^.\[\]{}]+)*")
 
 
 def rule_text_fields(rule: RuleConfig) -> tuple[str, ...]:
@@ -344,17 +463,50 @@ def rule_text_fields(rule: RuleConfig) -> tuple[str, ...]:
 
 
 def split_targets(target: str) -> list[str]:
-    """Targets of a search path segment: URL-decoded, comma-separated (date math kept)."""
-    return [t for t in (unquote(part) for part in target.split(",")) if t]
+    """Targets of a search path segment: URL-decoded, then comma-separated.
+
+    Decoding comes first, as in the engines: `a%2Cb` names two targets (the documented way
+    to write several date-math names in one path). Date math itself is kept as written.
+    """
+    return [t for t in unquote(target).split(",") if t]
+
+
+def _date_math_glob(name: str) -> str | None:
+    """`<logs-{now/d}>` -> `logs-*`: the static text of a date-math name, with each
+    `{...}` expression (nested braces included) as one literal `*`; None if not date math.
+
+    The date the engine will resolve is unknown here, so a date-math target takes the rule
+    of the patterns that cover every name it could resolve to: `logs-*` matches the literal
+    `logs-*`, while an exact name such as `logs-2024.01.01` cannot.
+    """
+    if len(name) < 2 or name[0] != "<" or name[-1] != ">":
+        return None
+    out: list[str] = []
+    depth = 0
+    chars = iter(name[1:-1])
+    for c in chars:
+        if c == "\\":
+            escaped = next(chars, "")
+            if depth == 0:
+                out.append(escaped)
+        elif c == "{":
+            if depth == 0:
+                out.append("*")
+            depth += 1
+        elif c == "}" and depth:
+            depth -= 1
+        elif depth == 0:
+            out.append(c)
+    return "".join(out)
 
 
 def _rule_for_one(cfg: Config, name: str) -> RuleConfig:
-    clean = name[1:] if name.startswith("-") else name
     for rule in cfg.indices:
-        if clean in rule.match:
+        if name in rule.match:
             return rule
+    sample = _date_math_glob(name) or name
     for rule in cfg.indices:
-        if any(fnmatch.fnmatchcase(clean, pat) for pat in rule.match if _is_pattern(pat)):
+        if any(fnmatch.fnmatchcase(sample, pat) for pat in rule.match if _is_pattern(pat)):
             return rule
     return cfg.defaults
 

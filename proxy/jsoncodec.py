@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from typing import Any
 
 _encode_str = json.JSONEncoder(ensure_ascii=False).encode
+_encode_str_ascii = json.JSONEncoder(ensure_ascii=True).encode
 
 
 class RawFloat(float):
@@ -32,9 +34,9 @@ def loads(data: bytes | str) -> Any:
     return json.loads(data, parse_float=RawFloat)
 
 
-def _dump(value: Any, out: list[str]) -> None:
+def _dump(value: Any, out: list[str], encode_str: Callable[[str], str] = _encode_str) -> None:
     if isinstance(value, str):
-        out.append(_encode_str(value))
+        out.append(encode_str(value))
     elif value is None:
         out.append("null")
     elif value is True:
@@ -57,16 +59,16 @@ def _dump(value: Any, out: list[str]) -> None:
             if not first:
                 out.append(",")
             first = False
-            out.append(_encode_str(str(key)))
+            out.append(encode_str(str(key)))
             out.append(":")
-            _dump(item, out)
+            _dump(item, out, encode_str)
         out.append("}")
     elif isinstance(value, (list, tuple)):
         out.append("[")
         for i, item in enumerate(value):
             if i:
                 out.append(",")
-            _dump(item, out)
+            _dump(item, out, encode_str)
         out.append("]")
     else:
         raise TypeError(f"cannot encode {type(value).__name__} as JSON")
@@ -76,7 +78,14 @@ def dumps(value: Any) -> bytes:
     """Compact JSON, UTF-8, with `RawFloat`s written as they were read."""
     out: list[str] = []
     _dump(value, out)
-    return "".join(out).encode()
+    try:
+        return "".join(out).encode()
+    except UnicodeEncodeError:
+        # A lone surrogate (an escaped `\ud800` in the input) has no UTF-8 form: write
+        # every non-ASCII character as a `\uXXXX` escape instead, still the same JSON.
+        out.clear()
+        _dump(value, out, _encode_str_ascii)
+        return "".join(out).encode()
 
 
 def dumps_ndjson(values: list[Any]) -> bytes:

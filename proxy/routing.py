@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Literal
-from urllib.parse import parse_qsl, unquote_plus
+from urllib.parse import parse_qsl, quote, unquote_plus
 
 from .config import split_targets
 
@@ -62,19 +62,23 @@ def parse_params(raw_query: str) -> list[tuple[str, str]]:
 
 
 def without_params(raw_query: str, names: frozenset[str]) -> str:
-    """The raw query string with the named parameters removed, the rest byte-exact."""
+    """The raw query string with the named parameters removed, the rest byte-exact.
+
+    Names are compared decoded (`%5Fsource` is `_source`, as the engines read it); every
+    other byte, empty `&&` pieces included, is kept as the client sent it.
+    """
     if not raw_query:
         return raw_query
     kept = [
         part
         for part in raw_query.split("&")
-        if part and unquote_plus(part.split("=", 1)[0]) not in names
+        if not part or unquote_plus(part.split("=", 1)[0]) not in names
     ]
     return "&".join(kept)
 
 
 def with_params(raw_query: str, extra: dict[str, str]) -> str:
-    """Append parameters (values are plain tokens: numbers and booleans)."""
+    """Append parameters, percent-encoded (`extra` holds decoded names and values)."""
     parts = [raw_query] if raw_query else []
-    parts.extend(f"{k}={v}" for k, v in extra.items())
+    parts.extend(f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in extra.items())
     return "&".join(parts)

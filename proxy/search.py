@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import copy
 import math
+import re
+import string
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +22,7 @@ from .config import RuleConfig, rule_text_fields
 from .filtering import (
     SourceFilter,
     apply_filter_path,
+    pattern_reaches,
     source_filter_from_body,
     source_filter_from_params,
 )
@@ -72,16 +75,16 @@ def _is_true(value: Any) -> bool:
 
 
 def _is_score_sort(sort: Any) -> bool:
+    """Is this `sort` (body value or `sort=` parameter) plain `_score` descending?"""
     if isinstance(sort, list):
         return len(sort) == 1 and _is_score_sort(sort[0])
-    if sort == "_score":
-        return True
     if isinstance(sort, dict) and list(sort) == ["_score"]:
         spec = sort["_score"]
         order = spec.get("order", "desc") if isinstance(spec, dict) else spec
-        return bool(order == "desc")
+        return isinstance(order, str) and order.lower() == "desc"
     if isinstance(sort, str):
-        return sort.replace(" ", "") in ("_score:desc", "_score")
+        # `_score` sorts descending by default; the `sort=` parameter spells `_score:desc`.
+        return sort.replace(" ", "").lower() in ("_score", "_score:desc")
     return False
 
 
@@ -97,6 +100,9 @@ def _json_pointer(doc: Any, pointer: str) -> Any:
     return doc
 
 
+_INT = re.compile(r"\s*-?[0-9]+\s*")
+
+
 def _int(value: Any, default: int) -> int | None:
     if value is None:
         return default
@@ -104,7 +110,7 @@ def _int(value: Any, default: int) -> int | None:
         return None
     if isinstance(value, int):
         return value
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+    if isinstance(value, str) and _INT.fullmatch(value):
         return int(value)
     return None
 
@@ -125,13 +131,18 @@ def _query_text(
 
 
 def _upstream_source(client: SourceFilter, needed: tuple[str, ...]) -> Any:
+    """The `_source` to ask the engine for: the client's view plus the text fields.
+
+    `client_view` re-applies the client's own filter afterwards, so this may ask for more
+    than the client sees, never less than the reranker needs: any exclusion that could
+    reach a needed field (itself, a parent object or anything below it; wildcards count)
+    is left out.
+    """
     if not needed:
         return True
     if not client.enabled:
         return {"includes": list(needed)}
-    excludes = [
-        e for e in client.excludes if not any(n == e or n.startswith(e + ".") for n in needed)
-    ]
+    excludes = [e for e in client.excludes if not any(pattern_reaches(e, n) for n in needed)]
     spec: dict[str, Any] = {}
     if client.includes:
         spec["includes"] = list(client.includes) + [n for n in needed if n not in client.includes]
@@ -163,7 +174,8 @@ def plan_search(
         return Skip("sort")
     if "stored_fields" in p:
         return Skip("stored_fields")
-    if _is_true(p.get("explain")) or _is_true(body.get("explain")):
+    # `?explain` with no value means true to the engines: only an explicit false reranks.
+    if p.get("explain", "false").lower() != "false" or _is_true(body.get("explain")):
         return Skip("explain")
     if _is_true(body.get("profile")):
         return Skip("profile")
@@ -245,12 +257,12 @@ def document_text(source: Any, rule: RuleConfig) -> str | None:
     if not isinstance(source, dict):
         return None
     if rule.template is not None:
-        values = {name: field_text(source, name) for name in rule_text_fields(rule)}
+        pieces = list(string.Formatter().parse(rule.template))
+        values = {name: field_text(source, name) for _, name, _, _ in pieces if name}
         if not any(values.values()):
             return None
-        text = rule.template
-        for name, value in values.items():
-            text = text.replace("{" + name + "}", value)
+        # Rendered piece by piece (not with str.replace) so `{{`/`}}` become literal braces.
+        text = "".join(literal + (values[name] if name else "") for literal, name, _, _ in pieces)
         return text.strip() or None
     if rule.fields:
         parts = [field_text(source, f) for f in rule.fields]

@@ -41,7 +41,9 @@ def end_to_end_headers(
 ) -> CIMultiDict[str]:
     """Headers minus hop-by-hop ones, `Proxy-*` and every field `Connection` names.
 
-    Repeated fields (`Warning`, `Set-Cookie`) keep their order.
+    Repeated fields (`Warning`, `Set-Cookie`) keep their order. A repeated field is spelt
+    as it first was: aiohttp's `ClientSession` keeps every repeat only when the names match
+    exactly (`X-A: 1` then `x-a: 2` would send just `x-a: 2`).
     """
     drop = set(HOP_BY_HOP)
     getall = getattr(headers, "getall", None)
@@ -49,12 +51,18 @@ def end_to_end_headers(
     for value in connection_values:
         drop.update(token.strip().lower() for token in value.split(",") if token.strip())
     out: CIMultiDict[str] = CIMultiDict()
+    spelling: dict[str, str] = {}
     for key, value in headers.items():
         lower = key.lower()
         if lower in drop or lower.startswith("proxy-"):
             continue
-        out.add(key, value)
+        out.add(spelling.setdefault(lower, key), value)
     return out
+
+
+def _append(headers: CIMultiDictProxy[str], name: str, value: str) -> str:
+    """Every line of a list-valued field, joined, with `value` appended."""
+    return ", ".join([*headers.getall(name, []), value])
 
 
 def request_headers(
@@ -66,26 +74,26 @@ def request_headers(
         out.popall(name, None)
     if not keep_length:
         out.popall("Content-Length", None)
-    via = headers.get("Via")
-    out["Via"] = f"{via}, {VIA}" if via else VIA
+    out["Via"] = _append(headers, "Via", VIA)
     if client_ip:
-        prior = ", ".join(headers.getall("X-Forwarded-For", []))
-        out["X-Forwarded-For"] = f"{prior}, {client_ip}" if prior else client_ip
+        out["X-Forwarded-For"] = _append(headers, "X-Forwarded-For", client_ip)
     return out
 
 
 def response_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
     """Headers to send the client for an upstream response."""
     out = end_to_end_headers(headers)
-    via = headers.get("Via")
-    out["Via"] = f"{via}, {VIA}" if via else VIA
+    out["Via"] = _append(headers, "Via", VIA)
     return out
 
 
 async def iter_stream(reader: aiohttp.StreamReader) -> AsyncIterator[bytes]:
     """Yield a request body as it arrives; a client disconnect raises, aborting upstream."""
     while True:
-        chunk = await reader.readany()
+        try:
+            chunk = await reader.readany()
+        except Exception:
+            return
         if not chunk:
             return
         yield chunk
@@ -134,6 +142,12 @@ class Upstream:
             skip_auto_headers=("User-Agent", "Content-Type", "Accept", "Accept-Encoding"),
             requote_redirect_url=False,
         )
+        # aiohttp resends PUT, DELETE, GET, ... by itself when a reused connection drops,
+        # even after the engine received the whole request (and may have acted on it).
+        # Clients retry the proxy's 502 under their own policy: a second, hidden retry here
+        # would repeat delivered writes. There is no public switch; aiohttp's own test
+        # client sets the same attribute.
+        self._session._retry_connection = False
 
     async def close(self) -> None:
         if self._session is not None:

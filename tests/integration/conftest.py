@@ -1,0 +1,63 @@
+"""Shared fixtures: the proxy in-process against a recording fake upstream (see `fakes.py`).
+
+`start_proxy` runs the real app with `make_runner` (auto_decompress=False,
+handler_cancellation=True) on a TCPSite at 127.0.0.1, port 0.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+from aiohttp import web
+
+from proxy.app import create_app, make_runner
+from proxy.config import parse_config
+
+from .fakes import FakeUpstream, RunningProxy, proxy_config
+
+StartProxy = Callable[..., Awaitable[RunningProxy]]
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[FakeUpstream]:
+    server = FakeUpstream()
+    await server.start()
+    yield server
+    await server.close()
+
+
+@pytest.fixture
+async def start_proxy(upstream: FakeUpstream) -> AsyncIterator[StartProxy]:
+    """Start the proxy in-process; keyword arguments override `upstream.*` config keys."""
+    running: list[RunningProxy] = []
+
+    async def start(*, shutdown_timeout: float = 5.0, **upstream_cfg: object) -> RunningProxy:
+        url = str(upstream_cfg.pop("url", upstream.url))
+        cfg = parse_config(proxy_config(url, **upstream_cfg))
+        app = create_app(cfg)
+        runner = make_runner(app, shutdown_timeout=shutdown_timeout)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        proxy = RunningProxy(app, runner, int(runner.addresses[0][1]))
+        running.append(proxy)
+        return proxy
+
+    yield start
+    for proxy in running:
+        await proxy.stop()
+
+
+@pytest.fixture
+async def proxy(start_proxy: StartProxy) -> RunningProxy:
+    return await start_proxy()
+
+
+@pytest.fixture
+def closed_port() -> int:
+    """A local port with nothing listening on it."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
