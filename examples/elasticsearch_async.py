@@ -44,7 +44,18 @@ def client_module(url: str) -> ModuleType:
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     with opener.open(url.rstrip("/") + "/", timeout=10) as resp:
         major = json.load(resp)["version"]["number"].split(".")[0]
-    return importlib.import_module("elasticsearch7" if major == "7" else "elasticsearch8")
+    if major != "7":
+        return importlib.import_module("elasticsearch8")
+    # elasticsearch7 before 7.14 (the versions that accept OSS/runner builds) names
+    # `numpy.float_`, which NumPy 2 removed: alias it back before the import.
+    try:
+        import numpy
+
+        if not hasattr(numpy, "float_"):
+            numpy.float_ = numpy.float64  # type: ignore[attr-defined]
+    except ImportError:
+        pass
+    return importlib.import_module("elasticsearch7")
 
 
 def connect(es: ModuleType, url: str) -> Any:
@@ -71,16 +82,19 @@ async def search(
     es: ModuleType, client: Any, index: str, body: dict[str, Any], **headers: str
 ) -> Any:
     if es.VERSION[0] >= 8:
-        # Per-request headers go through .options() (7.x: a `headers` argument).
+        # Per-request headers go through .options(); the body's keys are keyword arguments.
         target = client.options(headers=headers) if headers else client
         return await target.search(index=index, **body)
-    return await client.search(index=index, **body, headers=headers or None)  # 7.17
+    return await client.search(index=index, body=body, headers=headers or None)
 
 
 async def ensure_index(es: ModuleType, client: Any, index: str) -> None:
     if await client.indices.exists(index=index):
         return
-    await client.indices.create(index=index, mappings=MAPPINGS)
+    if es.VERSION[0] >= 8:
+        await client.indices.create(index=index, mappings=MAPPINGS)
+    else:  # 7.x before 7.15 takes request bodies only as `body`
+        await client.indices.create(index=index, body={"mappings": MAPPINGS})
     with SAMPLE.open(encoding="utf-8") as f:
         docs = [json.loads(line) for line in f if line.strip()]
     helpers = importlib.import_module(es.__name__ + ".helpers")

@@ -27,7 +27,7 @@ def _env(name: str) -> str | None:
 
 def _parse_listen(value: str) -> ListenConfig:
     host, _, port = value.rpartition(":")
-    if not host or not port.isdigit():
+    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ConfigError([f"--listen: expected HOST:PORT, got {value!r}"])
     return ListenConfig(host=host.strip("[]"), port=int(port))
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -27,6 +27,11 @@ class SourceFilter:
     enabled: bool = True
     includes: tuple[str, ...] = ()
     excludes: tuple[str, ...] = ()
+    # (includes, excludes, match-all) automata, built on first use and kept: one filter
+    # object serves every hit of a response, and the steps they memoise repeat per hit.
+    _compiled: tuple[_Automaton, _Automaton, _Automaton] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
 
     @property
     def is_identity(self) -> bool:
@@ -36,9 +41,12 @@ class SourceFilter:
         """Filter a `_source` object (never called when disabled)."""
         if self.is_identity or not isinstance(source, dict):
             return source
-        match_all = _Automaton(("*",))
-        inc = _Automaton(self.includes) if self.includes else match_all
-        exc = _Automaton(self.excludes)
+        if self._compiled is None:
+            match_all = _Automaton(("*",))
+            inc = _Automaton(self.includes) if self.includes else match_all
+            object.__setattr__(self, "_compiled", (inc, _Automaton(self.excludes), match_all))
+        assert self._compiled is not None
+        inc, exc, match_all = self._compiled
         return _filter_map(source, inc, inc.start, exc, exc.start, match_all)
 
 
@@ -104,10 +112,12 @@ class _Automaton:
     at a time, like the engines' Lucene automaton. Each pattern `p` also matches `p.*`, so a
     pattern naming an object covers everything below it."""
 
-    __slots__ = ("_patterns", "start")
+    __slots__ = ("_accepting", "_memo", "_patterns", "start")
 
     def __init__(self, patterns: Iterable[str]) -> None:
         self._patterns = tuple(q for p in patterns for q in (p, p + ".*"))
+        self._memo: dict[tuple[_State, str], _State] = {}
+        self._accepting: dict[_State, bool] = {}
         self.start = self._closure((i, 0) for i in range(len(self._patterns)))
 
     def _closure(self, states: Iterable[tuple[int, int]]) -> _State:
@@ -124,6 +134,15 @@ class _Automaton:
         return frozenset(out)
 
     def step(self, state: _State, text: str) -> _State:
+        if not state:
+            return state
+        key = (state, text)
+        found = self._memo.get(key)
+        if found is None:
+            found = self._memo[key] = self._run(state, text)
+        return found
+
+    def _run(self, state: _State, text: str) -> _State:
         for ch in text:
             if not state:
                 break
@@ -139,7 +158,10 @@ class _Automaton:
         return state
 
     def accepts(self, state: _State) -> bool:
-        return any(j == len(self._patterns[i]) for i, j in state)
+        found = self._accepting.get(state)
+        if found is None:
+            found = self._accepting[state] = any(j == len(self._patterns[i]) for i, j in state)
+        return found
 
 
 def pattern_reaches(pattern: str, path: str) -> bool:

@@ -330,6 +330,8 @@ def rerank_hits(doc: dict[str, Any], plan: SearchPlan, scores: Sequence[float | 
         hit = window[i]
         _expose_engine_score(hit, rule)
         hit["_score"] = score
+        if isinstance(hit.get("sort"), list) and len(hit["sort"]) == 1:
+            hit["sort"] = [score]  # an explicit `sort: _score` reports the score it sorted by
         new_window.append(hit)
     for i in unscored:
         _expose_engine_score(window[i], rule)

@@ -34,7 +34,10 @@ def _jsonl(path: Path) -> Iterator[dict[str, str]]:
 def load_scifact() -> SciFact:
     if not SCIFACT.is_dir():
         pytest.skip(f"SciFact not found at {SCIFACT} (set RERANK_PROXY_SHARED)")
-    corpus = {d["_id"]: {"title": d["title"], "text": d["text"]} for d in _jsonl(SCIFACT / "corpus.jsonl.gz")}
+    corpus = {
+        d["_id"]: {"title": d["title"], "text": d["text"]}
+        for d in _jsonl(SCIFACT / "corpus.jsonl.gz")
+    }
     queries = {q["_id"]: q["text"] for q in _jsonl(SCIFACT / "queries.jsonl.gz")}
     qrels: dict[str, set[str]] = {}
     with gzip.open(SCIFACT / "qrels" / "test.tsv.gz", "rt", encoding="utf-8") as fh:

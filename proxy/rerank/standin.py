@@ -439,7 +439,7 @@ def iter_corpus_texts(path: str | os.PathLike[str]) -> Iterator[str]:
                 continue
             if is_jsonl:
                 doc = json.loads(line)
-                parts = [str(doc.get(k) or "").strip() for k in ("title", "text")]
+                parts = [str(doc.get(k) or "").strip() for k in ("title", "text", "body")]
                 line = " ".join(part for part in parts if part)
                 if not line:
                     continue

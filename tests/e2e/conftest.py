@@ -196,9 +196,8 @@ def stack(
 @pytest.fixture(scope="session")
 def reference_scorer(tiny_model: Path) -> Callable[[str, list[str]], list[float]]:
     """sentence-transformers' CrossEncoder on the same weights: the reference scores."""
-    from sentence_transformers import CrossEncoder
-
     import torch
+    from sentence_transformers import CrossEncoder
 
     # CrossEncoder would keep the fp16 checkpoint in fp16 on CPU; the proxy computes in fp32.
     model = CrossEncoder(str(tiny_model), device="cpu", model_kwargs={"dtype": torch.float32})

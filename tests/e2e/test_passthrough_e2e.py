@@ -79,7 +79,9 @@ async def run_async(client: Any, index: str) -> list[Any]:
     out.append(await client.count(index=index))
     out.append(await client.search(index=index, body={"query": {"match": {"title": "graph"}}}))
     out.append(
-        await client.delete_by_query(index=index, body={"query": {"term": {"n": 3}}}, refresh="true")
+        await client.delete_by_query(
+            index=index, body={"query": {"term": {"n": 3}}}, refresh="true"
+        )
     )
     out.append(await client.count(index=index))
     out.append(await client.indices.delete(index=index))

@@ -8,6 +8,7 @@ own request except hit order, `_score`, `max_score` and the added `fields._engin
 
 from __future__ import annotations
 
+import itertools
 import json
 import urllib.request
 from collections.abc import Callable
@@ -90,7 +91,7 @@ def test_order_and_scores_match_the_reference_cross_encoder(
             engine = next(h["_score"] for h in window_hits if h["_id"] == hit["_id"])
             assert hit["fields"]["_engine_score"] == [pytest.approx(engine)]
         scores = [ref[i] for i in ids]
-        assert all(a >= b - TOL for a, b in zip(scores, scores[1:], strict=False))
+        assert all(a >= b - TOL for a, b in itertools.pairwise(scores))
         left_out = [s for i, s in ref.items() if i not in ids]
         if left_out:
             assert min(scores) >= max(left_out) - TOL
@@ -104,7 +105,9 @@ def test_pages_tile_the_reranked_window(clients: Any, scifact: SciFact) -> None:
 
     def page(from_: int, size: int) -> list[str]:
         body = _query(text, **{"from": from_, "size": size})
-        return [h["_id"] for h in _body(proxied.search(index=SCIFACT_INDEX, body=body))["hits"]["hits"]]
+        return [
+            h["_id"] for h in _body(proxied.search(index=SCIFACT_INDEX, body=body))["hits"]["hits"]
+        ]
 
     first20 = page(0, 20)
     assert page(0, 10) + page(10, 10) == first20
@@ -280,7 +283,9 @@ def test_headers_say_what_happened(stack: Stack, scifact: SciFact) -> None:
 async def test_async_client_gets_the_same_reranked_page(stack: Stack, scifact: SciFact) -> None:
     text = _queries(scifact, 1)[0]
     sync = stack.sync_client(stack.proxy_url)
-    expected = [h["_id"] for h in _body(sync.search(index=SCIFACT_INDEX, body=_query(text)))["hits"]["hits"]]
+    expected = [
+        h["_id"] for h in _body(sync.search(index=SCIFACT_INDEX, body=_query(text)))["hits"]["hits"]
+    ]
     sync.close()
     client = stack.async_client(stack.proxy_url)
     try:

@@ -298,11 +298,6 @@ def test_bad_env_value_is_reported_like_the_flag(monkeypatch: pytest.MonkeyPatch
     assert info.value.problems == ["--listen: expected HOST:PORT, got 'nope'"]
 
 
-@pytest.mark.xfail(
-    reason="BUG in proxy/cli.py (not owned here): --listen skips the port bounds that the"
-    " config file enforces, so 127.0.0.1:70000 is accepted and fails later at bind time",
-    strict=True,
-)
 def test_listen_port_out_of_range_is_a_config_problem() -> None:
     with pytest.raises(ConfigError):
         build_config(_args(listen="127.0.0.1:70000"))

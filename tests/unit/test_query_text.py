@@ -59,11 +59,7 @@ EXTRACT_CASES: list[tuple[str, object, str | None]] = [
     ),
     (
         "simple-query-string",
-        {
-            "simple_query_string": {
-                "query": '"fried eggs" +(eggplant | potato) -frittata'
-            }
-        },
+        {"simple_query_string": {"query": '"fried eggs" +(eggplant | potato) -frittata'}},
         "fried eggs eggplant potato frittata",
     ),
     ("query-string-match-all", {"query_string": {"query": "*:*"}}, None),
@@ -215,9 +211,7 @@ EXTRACT_CASES: list[tuple[str, object, str | None]] = [
                         "queries": [
                             {
                                 "boosting": {
-                                    "positive": {
-                                        "nested": {"path": "n", "query": _match("a1")}
-                                    }
+                                    "positive": {"nested": {"path": "n", "query": _match("a1")}}
                                 }
                             },
                             {
@@ -238,11 +232,7 @@ EXTRACT_CASES: list[tuple[str, object, str | None]] = [
     # --- dedupe and whitespace ------------------------------------------------------------
     (
         "dedupe-exact",
-        {
-            "bool": {
-                "should": [_match("same text"), {"multi_match": {"query": "same text"}}]
-            }
-        },
+        {"bool": {"should": [_match("same text"), {"multi_match": {"query": "same text"}}]}},
         "same text",
     ),
     (
@@ -265,11 +255,7 @@ EXTRACT_CASES: list[tuple[str, object, str | None]] = [
     ("empty-string", _match(""), None),
     (
         "empty-among-texts",
-        {
-            "bool": {
-                "must": [_match(""), _match("real"), {"query_string": {"query": "()"}}]
-            }
-        },
+        {"bool": {"must": [_match(""), _match("real"), {"query_string": {"query": "()"}}]}},
         "real",
     ),
     # --- clauses that contribute nothing ------------------------------------------------------
@@ -380,16 +366,12 @@ TERM_CASES: list[tuple[str, object, str | None]] = [
     ("query", "expected"),
     [pytest.param(q, e, id=i) for i, q, e in TERM_CASES],
 )
-def test_extract_query_text_with_text_fields(
-    query: object, expected: str | None
-) -> None:
+def test_extract_query_text_with_text_fields(query: object, expected: str | None) -> None:
     assert extract_query_text(query, text_fields=TEXT_FIELDS) == expected
 
 
 def test_empty_text_fields_ignores_terms() -> None:
-    assert (
-        extract_query_text({"term": {"title": "fox"}}, text_fields=frozenset()) is None
-    )
+    assert extract_query_text({"term": {"title": "fox"}}, text_fields=frozenset()) is None
 
 
 def test_extreme_nesting_does_not_raise() -> None:

@@ -1,0 +1,102 @@
+"""Every backend against the fp32 reference on a fixed set of real (query, document) pairs.
+
+The reference is sentence-transformers' `CrossEncoder` in fp32 on the same weights (the tiny
+stand-in: same class as the real model, fewer and narrower layers). Exact backends must agree
+within 1e-5; approximate ones (int8, bf16) within their stated tolerance and must keep the
+ranking.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from proxy.config import ModelConfig
+from proxy.rerank.base import load_backend
+from tests.conftest import SciFact
+
+pytestmark = pytest.mark.model
+torch = pytest.importorskip("torch")
+
+MAX_LENGTH = 96  # short enough that long abstracts are truncated on the document side
+
+
+@pytest.fixture(scope="module")
+def pairs(scifact: SciFact) -> list[tuple[str, str]]:
+    queries = [scifact.queries[q] for q in sorted(scifact.qrels, key=int)[:6]]
+    docs = [f"{d['title']}\n{d['text']}" for d in list(scifact.corpus.values())[:8]]
+    return [(q, d) for q in queries for d in docs]
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_model: Path, pairs: list[tuple[str, str]]) -> list[float]:
+    from sentence_transformers import CrossEncoder
+
+    model = CrossEncoder(
+        str(tiny_model), device="cpu", max_length=MAX_LENGTH, model_kwargs={"dtype": torch.float32}
+    )
+    return [float(s) for s in model.predict(pairs, batch_size=7)]
+
+
+def _config(model_dir: Path, backend: str) -> ModelConfig:
+    return dataclasses.replace(
+        ModelConfig(),
+        name=str(model_dir),
+        backend=backend,
+        device="cpu",
+        batch_size=5,  # type: ignore[arg-type]
+    )
+
+
+def _ranks(values: list[float]) -> list[int]:
+    return sorted(range(len(values)), key=lambda i: -values[i])
+
+
+@pytest.mark.parametrize(
+    ("backend", "tolerance"),
+    [("torch", 1e-5), ("onnx", 1e-5), ("onnx-int8", 0.25), ("torch-bf16", 0.15)],
+)
+def test_backend_matches_the_fp32_reference(
+    backend: str,
+    tolerance: float,
+    tiny_model: Path,
+    pairs: list[tuple[str, str]],
+    reference: list[float],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("RERANK_PROXY_STATE", str(tmp_path))
+    model = load_backend(_config(tiny_model, backend))
+    got = model.score_pairs(pairs, MAX_LENGTH)
+    assert len(got) == len(reference)
+    worst = max(abs(a - b) for a, b in zip(got, reference, strict=True))
+    assert worst <= tolerance, f"{backend}: max |diff| {worst:.2e}"
+    # Per query, the top 3 documents stay the top 3.
+    per_query = 8
+    for start in range(0, len(pairs), per_query):
+        ref_top = set(_ranks(reference[start : start + per_query])[:3])
+        got_top = set(_ranks(got[start : start + per_query])[:3])
+        assert len(ref_top & got_top) >= (3 if tolerance <= 1e-5 else 2)
+
+
+def test_onnx_export_is_cached(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from proxy.rerank import onnx_backend
+
+    monkeypatch.setenv("RERANK_PROXY_STATE", str(tmp_path))
+    first = onnx_backend.onnx_model_path(tiny_model, int8=False)
+    stamp = first.stat().st_mtime_ns
+    calls = []
+    monkeypatch.setattr(onnx_backend, "export_onnx", lambda *a: calls.append(a))
+    assert onnx_backend.onnx_model_path(tiny_model, int8=False) == first
+    assert first.stat().st_mtime_ns == stamp and not calls
+
+
+def test_missing_model_says_what_to_do(tmp_path: Path) -> None:
+    from proxy.errors import ModelLoadError
+
+    with pytest.raises(ModelLoadError, match=r"local-dir DIR.*HF_ENDPOINT"):
+        load_backend(_config(tmp_path / "nowhere", "torch"))

@@ -1,0 +1,167 @@
+"""The micro-batching service: own scores under concurrency, cancellation, cache, bounds."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+from collections.abc import Sequence
+
+import pytest
+
+from proxy.errors import InvalidScores, RerankOverloaded
+from proxy.rerank.base import Backend
+from proxy.rerank.fake import FakeBackend
+from proxy.rerank.service import RerankService, ScoreCache, cache_key
+
+
+class GatedBackend(FakeBackend):
+    """Blocks inside score_pairs until released, recording every group it was given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+        self.groups: list[list[tuple[str, str]]] = []
+
+    def score_pairs(self, pairs: Sequence[tuple[str, str]], max_length: int) -> list[float]:
+        self.groups.append(list(pairs))
+        self.entered.set()
+        assert self.gate.wait(10)
+        return super().score_pairs(pairs, max_length)
+
+
+class BadBackend(Backend):
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+
+    def score_pairs(self, pairs: Sequence[tuple[str, str]], max_length: int) -> list[float]:
+        if self.mode == "raise":
+            raise RuntimeError("model exploded")
+        if self.mode == "nan":
+            return [math.nan] * len(pairs)
+        return [0.5] * (len(pairs) + 1)
+
+
+def docs_for(q: int) -> list[str]:
+    return [f"query{q} word{i} " * (1 + i % 3) + f"filler {q * 100 + i}" for i in range(12)]
+
+
+async def test_each_caller_gets_exactly_its_own_scores() -> None:
+    backend = FakeBackend()
+    service = RerankService(backend, batch_wait_ms=5, cache_size=0)
+    try:
+        queries = [f"query{q} word{q % 4}" for q in range(20)]
+        results = await asyncio.gather(
+            *(service.score(q, docs_for(i), max_length=64) for i, q in enumerate(queries))
+        )
+        for i, (q, got) in enumerate(zip(queries, results, strict=True)):
+            expected = FakeBackend().score_pairs([(q, d) for d in docs_for(i)], 64)
+            assert got == expected
+        # Concurrent searches shared forward passes.
+        assert service.stats.batches < len(queries)
+    finally:
+        await service.close()
+
+
+async def test_cancelled_caller_does_not_disturb_others_and_its_pairs_are_dropped() -> None:
+    backend = GatedBackend()
+    service = RerankService(backend, batch_wait_ms=0, cache_size=0)
+    try:
+        first = asyncio.create_task(service.score("a", ["a1", "a2"], max_length=64))
+        await asyncio.to_thread(backend.entered.wait, 5)  # group 1 is inside the model
+        doomed = asyncio.create_task(service.score("b", ["b1", "b2", "b3"], max_length=64))
+        survivor = asyncio.create_task(service.score("c", ["c1"], max_length=64))
+        await asyncio.sleep(0.01)
+        doomed.cancel()
+        backend.gate.set()
+        assert len(await first) == 2
+        assert await survivor == FakeBackend().score_pairs([("c", "c1")], 64)
+        with pytest.raises(asyncio.CancelledError):
+            await doomed
+        scored = [p for g in backend.groups for p in g]
+        assert ("b", "b1") not in scored
+        assert service.stats.dropped == 3
+    finally:
+        backend.gate.set()
+        await service.close()
+
+
+async def test_cache_hits_return_identical_scores_without_the_model() -> None:
+    backend = FakeBackend()
+    service = RerankService(backend, cache_size=1000)
+    try:
+        docs = docs_for(1)
+        first = await service.score("query1 word1", docs, max_length=64)
+        pairs_before = backend.pairs_scored
+        again = await service.score("query1 word1", docs, max_length=64)
+        assert again == first
+        assert backend.pairs_scored == pairs_before
+        # A different max_length is a different key.
+        await service.score("query1 word1", docs, max_length=32)
+        assert backend.pairs_scored == pairs_before + len(docs)
+    finally:
+        await service.close()
+
+
+async def test_identical_pairs_in_flight_are_computed_once() -> None:
+    backend = FakeBackend()
+    service = RerankService(backend, batch_wait_ms=5, cache_size=0)
+    try:
+        docs = docs_for(2)
+        a, b = await asyncio.gather(
+            service.score("q", docs, max_length=64), service.score("q", docs, max_length=64)
+        )
+        assert a == b
+        assert backend.pairs_scored == len(docs)
+        assert service.stats.deduplicated == len(docs)
+    finally:
+        await service.close()
+
+
+def test_cache_stays_within_its_bound_and_evicts_least_recently_used() -> None:
+    cache = ScoreCache(3)
+    keys = [cache_key("m", 64, "q", f"d{i}") for i in range(5)]
+    for i, k in enumerate(keys[:3]):
+        cache.put(k, float(i))
+    assert cache.get(keys[0]) == 0.0  # touch: keys[1] is now the oldest
+    cache.put(keys[3], 3.0)
+    cache.put(keys[4], 4.0)
+    assert len(cache) == 3
+    assert cache.get(keys[1]) is None and cache.get(keys[2]) is None
+    assert cache.get(keys[0]) == 0.0 and cache.get(keys[4]) == 4.0
+
+
+async def test_full_queue_raises_overloaded_before_reaching_the_model() -> None:
+    backend = GatedBackend()
+    service = RerankService(backend, batch_wait_ms=0, max_queue=4, cache_size=0)
+    try:
+        first = asyncio.create_task(service.score("a", ["1", "2", "3"], max_length=64))
+        await asyncio.to_thread(backend.entered.wait, 5)
+        queued = asyncio.create_task(service.score("b", ["1", "2", "3"], max_length=64))
+        await asyncio.sleep(0.01)
+        with pytest.raises(RerankOverloaded):
+            await service.score("c", ["1", "2"], max_length=64)
+        backend.gate.set()
+        await asyncio.gather(first, queued)
+    finally:
+        backend.gate.set()
+        await service.close()
+
+
+@pytest.mark.parametrize(
+    ("mode", "error"),
+    [("raise", RuntimeError), ("nan", InvalidScores), ("count", InvalidScores)],
+)
+async def test_backend_failures_reach_every_caller(mode: str, error: type[Exception]) -> None:
+    service = RerankService(BadBackend(mode), cache_size=100)
+    try:
+        results = await asyncio.gather(
+            service.score("q", ["a", "b"], max_length=64),
+            service.score("r", ["c"], max_length=64),
+            return_exceptions=True,
+        )
+        assert all(isinstance(r, error) for r in results)
+        assert len(service.cache) == 0
+    finally:
+        await service.close()
