@@ -25,6 +25,7 @@ from urllib.parse import unquote, urlsplit
 import yaml
 
 ScoreMode = Literal["replace", "blend"]
+PassageMode = Literal["off", "max"]
 Backend = Literal["auto", "torch", "onnx", "onnx-int8", "torch-bf16", "fake"]
 Device = Literal["auto", "cpu", "cuda"]
 LogFormat = Literal["text", "json"]
@@ -141,6 +142,22 @@ class RuleConfig:
     expose_engine_score: bool = opt(
         True, "Keep the engine's score in each hit's `fields._engine_score`."
     )
+    use_highlight: bool = opt(
+        False,
+        "Score the hit's highlight fragments (when the search asked for highlighting)"
+        " instead of the whole document text: less work per pair.",
+    )
+    leading_words: int | None = opt(
+        None, "Score only the first N words of each document (a leading passage).", ge=1
+    )
+    passages: PassageMode = opt(
+        "off",
+        "`max`: split long documents into passages and score a document by its best"
+        " passage (costs one pair per passage); `off`: one pair per document.",
+    )
+    passage_words: int = opt(200, "Words per passage in `passages: max` mode.", ge=8)
+    passage_stride: int = opt(150, "Words between passage starts in `passages: max` mode.", ge=1)
+    max_passages: int = opt(4, "Passages scored per document at most.", ge=1, le=64)
 
 
 @dataclass(frozen=True, slots=True)

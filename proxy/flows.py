@@ -35,6 +35,7 @@ from .search import (
     plan_search,
     rerank_hits,
     response_is_rerankable,
+    split_passages,
     window_texts,
 )
 from .upstream import UpstreamResponse, iter_stream, request_headers
@@ -162,13 +163,17 @@ async def _score(ctx: _Ctx, plan: SearchPlan, doc: dict[str, Any]) -> None:
     if not docs:
         return
     max_length = plan.rule.max_length or ctx.app[CONFIG].model.max_length
+    # One pair per passage; a document scores as its best passage (`passages: max`).
+    passages = [split_passages(d, plan.rule) for d in docs]
+    flat = [p for ps in passages for p in ps]
     t0 = time.perf_counter()
     try:
         raw = await asyncio.wait_for(
-            reranker.score(plan.query, docs, max_length=max_length),
+            reranker.score(plan.query, flat, max_length=max_length),
             timeout=plan.rule.timeout_ms / 1000,
         )
-        scores = iter(check_scores(raw, len(docs)))
+        flat_scores = iter(check_scores(raw, len(flat)))
+        scores = iter([max(next(flat_scores) for _ in ps) for ps in passages])
         aligned = [None if t is None else next(scores) for t in texts]
         rerank_hits(doc, plan, aligned)
     except TimeoutError as exc:

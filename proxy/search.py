@@ -290,10 +290,39 @@ def response_is_rerankable(doc: Any) -> str | None:
     return None
 
 
+def _highlight_text(hit: Mapping[str, Any], rule: RuleConfig) -> str | None:
+    fragments = hit.get("highlight")
+    if not isinstance(fragments, dict):
+        return None
+    wanted = rule_text_fields(rule) or tuple(fragments)
+    parts = [" ".join(f for f in fragments.get(name, []) if isinstance(f, str)) for name in wanted]
+    text = "\n".join(p for p in parts if p)
+    return text or None
+
+
 def window_texts(doc: dict[str, Any], plan: SearchPlan) -> list[str | None]:
     """Texts of the window's hits, in engine order (None: nothing to score)."""
-    hits = doc["hits"]["hits"][: plan.rule.window]
-    return [document_text(h.get("_source"), plan.rule) for h in hits]
+    rule = plan.rule
+    out: list[str | None] = []
+    for hit in doc["hits"]["hits"][: rule.window]:
+        text = _highlight_text(hit, rule) if rule.use_highlight else None
+        if text is None:
+            text = document_text(hit.get("_source"), rule)
+        if text is not None and rule.leading_words is not None:
+            text = " ".join(text.split()[: rule.leading_words])
+        out.append(text)
+    return out
+
+
+def split_passages(text: str, rule: RuleConfig) -> list[str]:
+    """Overlapping word windows of a document (`passages: max`); the whole text otherwise."""
+    words = text.split()
+    if rule.passages == "off" or len(words) <= rule.passage_words:
+        return [text]
+    starts = range(
+        0, max(1, len(words) - rule.passage_words + rule.passage_stride), rule.passage_stride
+    )
+    return [" ".join(words[s : s + rule.passage_words]) for s in starts][: rule.max_passages]
 
 
 def _normalise(values: Sequence[float]) -> list[float]:
