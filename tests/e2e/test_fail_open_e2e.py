@@ -55,8 +55,9 @@ async def _proxy(
     *,
     max_queue: int = 4096,
     service_class: type[RerankService] = RerankService,
+    **rule: Any,
 ) -> AsyncIterator[tuple[str, web.Application]]:
-    raw = proxy_config(engine_url, Path("unused"), timeout_ms=300)
+    raw = proxy_config(engine_url, Path("unused"), **{"timeout_ms": 300, **rule})
     service = service_class(backend, max_queue=max_queue, cache_size=0)
     app = create_app(parse_config(raw), reranker=service)
     runner = make_runner(app)

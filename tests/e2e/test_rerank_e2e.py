@@ -293,3 +293,17 @@ async def test_async_client_gets_the_same_reranked_page(stack: Stack, scifact: S
     finally:
         await client.close()
     assert [h["_id"] for h in resp["hits"]["hits"]] == expected
+
+
+def test_compressed_requests_are_reranked_too(stack: Stack, scifact: SciFact) -> None:
+    text = _queries(scifact, 1)[0]
+    plain = stack.sync_client(stack.proxy_url)
+    gzipped = stack.sync_client(stack.proxy_url, http_compress=True)
+    try:
+        a = _body(plain.search(index=SCIFACT_INDEX, body=_query(text)))
+        b = _body(gzipped.search(index=SCIFACT_INDEX, body=_query(text)))
+    finally:
+        plain.close()
+        gzipped.close()
+    assert "_engine_score" in b["hits"]["hits"][0]["fields"]
+    assert [h["_id"] for h in b["hits"]["hits"]] == [h["_id"] for h in a["hits"]["hits"]]
