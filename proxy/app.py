@@ -191,7 +191,9 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     upstream = app[UPSTREAM]
     await upstream.start()
     app[STATE].ready = True
-    logger.info("proxying to %s", upstream.cfg.url)
+    logger.info("proxying to %s", upstream.display_url)
+    if upstream.url_has_credentials:
+        logger.warning("credentials in upstream.url are ignored: clients' own are forwarded")
     try:
         yield
     finally:
@@ -221,7 +223,7 @@ def make_runner(app: web.Application, *, shutdown_timeout: float = 30.0) -> web.
     return web.AppRunner(
         app,
         auto_decompress=False,  # pass-through must forward the client's gzip bytes as sent
-        handler_cancellation=False,  # a client that goes away aborts its upstream request
+        handler_cancellation=True,  # a client that goes away aborts its upstream request
         access_log=None,
         shutdown_timeout=shutdown_timeout,
     )

@@ -68,6 +68,7 @@ def build_config(args: argparse.Namespace) -> Config:
 
 async def _serve(cfg: Config) -> None:
     from aiohttp import web
+    from yarl import URL
 
     from .app import create_app, make_runner
     from .rerank.base import load_backend, resolve_backend_name
@@ -102,7 +103,8 @@ async def _serve(cfg: Config) -> None:
     await site.start()
     addresses = runner.addresses
     port = addresses[0][1] if addresses else cfg.listen.port
-    logger.info("listening on http://%s:%s -> %s", cfg.listen.host, port, cfg.upstream.url)
+    upstream = URL(cfg.upstream.url).with_user(None)  # never log credentials
+    logger.info("listening on http://%s:%s -> %s", cfg.listen.host, port, upstream)
     print(f"rerank-proxy listening on http://{cfg.listen.host}:{port}", flush=True)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

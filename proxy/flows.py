@@ -38,7 +38,7 @@ from .search import (
     split_passages,
     window_texts,
 )
-from .upstream import UpstreamResponse, iter_stream, request_headers
+from .upstream import UpstreamResponse, iter_stream, request_headers, response_headers
 
 logger = logging.getLogger(__name__)
 _SOURCE_PARAMS = frozenset({"source", "source_content_type"})
@@ -130,22 +130,12 @@ class _Ctx:
 
     def respond(self, up: UpstreamResponse, doc: Any) -> web.Response:
         body = jsoncodec.dumps(doc)
-        headers = CIMultiDict(
-            (k, v)
-            for k, v in up.headers.items()
-            if k.lower()
-            not in (
-                "content-length",
-                "content-encoding",
-                "transfer-encoding",
-                "connection",
-                "keep-alive",
-            )
-        )
+        headers = response_headers(up.headers)  # hop-by-hop filtered, Via appended
+        for name in ("Content-Length", "Content-Encoding"):
+            headers.popall(name, None)
         if "gzip" in self.request.headers.get("Accept-Encoding", "").lower():
             body = gzip.compress(body, compresslevel=1)
             headers["Content-Encoding"] = "gzip"
-        headers["Via"] = "1.1 rerank-proxy"
         headers.update(self.outcome.headers())
         return web.Response(status=up.status, body=body, headers=headers)
 

@@ -90,10 +90,7 @@ def response_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
 async def iter_stream(reader: aiohttp.StreamReader) -> AsyncIterator[bytes]:
     """Yield a request body as it arrives; a client disconnect raises, aborting upstream."""
     while True:
-        try:
-            chunk = await reader.readany()
-        except Exception:
-            return
+        chunk = await reader.readany()
         if not chunk:
             return
         yield chunk
@@ -125,6 +122,13 @@ class Upstream:
     def __init__(self, cfg: UpstreamConfig) -> None:
         self.cfg = cfg
         base = URL(cfg.url)
+        # Credentials in the URL are never used: aiohttp would send them on every request in
+        # place of the caller's own (or fail requests that carry one), and the caller's
+        # credentials must reach the cluster so that its security applies. They are kept out
+        # of logs and error messages too.
+        self.url_has_credentials = base.raw_user is not None or base.raw_password is not None
+        base = base.with_user(None)
+        self.display_url = str(base)
         self._origin = f"{base.scheme}://{base.raw_authority}"
         self._prefix = base.raw_path.rstrip("/")
         self._session: aiohttp.ClientSession | None = None
@@ -180,7 +184,7 @@ class Upstream:
         except TimeoutError as exc:
             raise UpstreamTimeout(f"upstream did not answer in time: {exc or 'timeout'}") from exc
         except (aiohttp.ClientError, OSError) as exc:
-            raise UpstreamUnavailable(f"cannot reach upstream {self.cfg.url}: {exc}") from exc
+            raise UpstreamUnavailable(f"cannot reach upstream {self.display_url}: {exc}") from exc
 
     async def fetch(
         self,

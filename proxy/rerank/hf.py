@@ -77,11 +77,17 @@ def length_sorted_batches(
 
 def pad_batch(
     encoded: Sequence[dict[str, list[int]]], idx: Sequence[int], pad_id: int
-) -> dict[str, list[list[int]]]:
-    """Right-pad one batch to its longest member."""
+) -> dict[str, Any]:
+    """Right-pad one batch to its longest member, as int64 numpy arrays."""
+    import numpy as np
+
     width = max(len(encoded[i]["input_ids"]) for i in idx)
-    out: dict[str, list[list[int]]] = {}
+    out: dict[str, Any] = {}
     for key in encoded[idx[0]]:
         fill = pad_id if key == "input_ids" else 0
-        out[key] = [encoded[i][key] + [fill] * (width - len(encoded[i][key])) for i in idx]
+        arr = np.full((len(idx), width), fill, dtype=np.int64)
+        for row, i in enumerate(idx):
+            values = encoded[i][key]
+            arr[row, : len(values)] = values
+        out[key] = arr
     return out

@@ -139,14 +139,13 @@ class OnnxBackend(Backend):
         self.model_id = f"{name}|onnx|{'int8' if int8 else 'fp32'}"
 
     def score_pairs(self, pairs: Sequence[tuple[str, str]], max_length: int) -> list[float]:
-        import numpy as np
 
         encoded = tokenize_pairs(self.tokenizer, pairs, max_length)
         scores = [0.0] * len(pairs)
         pad_id = self.tokenizer.pad_token_id or 0
         for idx in length_sorted_batches(encoded, self.batch_size):
             batch = pad_batch(encoded, idx, pad_id)
-            feed = {k: np.asarray(v, dtype=np.int64) for k, v in batch.items() if k in self.inputs}
+            feed = {k: v for k, v in batch.items() if k in self.inputs}
             logits = self.session.run(None, feed)[0]
             for i, logit in zip(idx, logits[:, 0].tolist(), strict=True):
                 scores[i] = 1.0 / (1.0 + math.exp(-logit)) if logit > -700 else 0.0

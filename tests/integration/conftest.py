@@ -47,6 +47,7 @@ async def start_proxy(upstream: FakeUpstream) -> AsyncIterator[StartProxy]:
 
     yield start
     for proxy in running:
+        await proxy.close_clients()
         await proxy.stop()
 
 

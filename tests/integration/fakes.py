@@ -15,7 +15,7 @@ import hashlib
 import socket
 import struct
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -120,6 +120,28 @@ def reset(writer: asyncio.StreamWriter) -> None:
     writer.transport.abort()
 
 
+async def read_chunks(
+    reader: asyncio.StreamReader, wire: Callable[[bytes], None]
+) -> AsyncIterator[bytes]:
+    """Decode a chunked body (up to the end of its trailers); `wire` sees the raw bytes.
+
+    A body that breaks off raises `asyncio.IncompleteReadError`.
+    """
+    while True:
+        size_line = await reader.readuntil(b"\r\n")
+        wire(size_line)
+        size = int(size_line.split(b";", 1)[0].strip(), 16)
+        if size == 0:
+            while True:  # trailer section, up to the empty line
+                trailer = await reader.readuntil(b"\r\n")
+                wire(trailer)
+                if trailer == b"\r\n":
+                    return
+        data = await reader.readexactly(size + 2)
+        wire(data)
+        yield data[:-2]
+
+
 async def reply_json(req: Received, writer: asyncio.StreamWriter) -> bool:
     """The default handler: 200 with a small JSON body (none for HEAD)."""
     body = b'{"acknowledged":true}'
@@ -136,6 +158,10 @@ class FakeUpstream:
         self.connections = 0
         self.handler: Handler = reply_json
         self.store_limit = store_limit
+        # Answer as soon as the request head arrives, before reading the body (an engine
+        # rejecting a request early, e.g. 401 or 413), then close the connection the way
+        # servers do (nginx's "lingering close"): send FIN, read and drop what still comes.
+        self.answer_before_body = False
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
@@ -181,6 +207,17 @@ class FakeUpstream:
         conn = self.connections
         try:
             while True:
+                if self.answer_before_body:
+                    head = await self._read_head(reader, conn)
+                    if head is not None:
+                        await self.handler(head, writer)
+                        await writer.drain()
+                        writer.write_eof()
+                        with contextlib.suppress(TimeoutError):
+                            async with asyncio.timeout(5):
+                                while await reader.read(1 << 16):
+                                    pass
+                    break
                 req = await self._read_request(reader, conn)
                 if req is None or not req.complete:
                     break
@@ -197,7 +234,7 @@ class FakeUpstream:
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
-    async def _read_request(self, reader: asyncio.StreamReader, conn: int) -> Received | None:
+    async def _read_head(self, reader: asyncio.StreamReader, conn: int) -> Received | None:
         try:
             head = await reader.readuntil(b"\r\n\r\n")
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
@@ -206,6 +243,12 @@ class FakeUpstream:
         method, target, version = line.split(" ", 2)
         req = Received(conn, method, target, version, head, headers)
         self.requests.append(req)
+        return req
+
+    async def _read_request(self, reader: asyncio.StreamReader, conn: int) -> Received | None:
+        req = await self._read_head(reader, conn)
+        if req is None:
+            return None
         try:
             te = (req.header("Transfer-Encoding") or "").lower()
             if "chunked" in te:
@@ -245,20 +288,9 @@ class FakeUpstream:
         req.complete = True
 
     async def _read_chunked(self, reader: asyncio.StreamReader, req: Received) -> None:
-        while True:
-            size_line = await reader.readuntil(b"\r\n")
-            self._wire(req, size_line)
-            size = int(size_line.split(b";", 1)[0].strip(), 16)
-            if size == 0:
-                while True:  # trailer section, up to the empty line
-                    trailer = await reader.readuntil(b"\r\n")
-                    self._wire(req, trailer)
-                    if trailer == b"\r\n":
-                        req.complete = True
-                        return
-            data = await reader.readexactly(size + 2)
-            self._wire(req, data)
-            self._take(req, data[:-2])
+        async for data in read_chunks(reader, lambda raw: self._wire(req, raw)):
+            self._take(req, data)
+        req.complete = True
 
 
 @dataclass(eq=False)
@@ -298,7 +330,9 @@ class RawClient:
         async with asyncio.timeout(timeout):
             head = await self.reader.readuntil(b"\r\n\r\n")
             line, headers = _parse_head(head)
-            _, status, *reason = line.split(" ", 2)
+            version, status, *reason = line.split(" ", 2)
+            assert version in ("HTTP/1.1", "HTTP/1.0"), f"bad status line {line!r}"
+            assert len(status) == 3 and status.isdigit(), f"bad status line {line!r}"
             resp = RawResponse(
                 int(status), reason[0] if reason else "", headers, head, b"", True, False
             )
@@ -320,15 +354,11 @@ class RawClient:
     async def _read_chunked(self) -> tuple[bytes, bool]:
         body = bytearray()
         try:
-            while True:
-                size = int((await self.reader.readuntil(b"\r\n")).split(b";")[0], 16)
-                if size == 0:
-                    while await self.reader.readuntil(b"\r\n") != b"\r\n":
-                        pass
-                    return bytes(body), True
-                body += (await self.reader.readexactly(size + 2))[:-2]
+            async for data in read_chunks(self.reader, lambda raw: None):
+                body += data
         except (asyncio.IncompleteReadError, ConnectionError, ValueError):
             return bytes(body), False
+        return bytes(body), True
 
     async def at_eof(self, timeout: float = 5.0) -> bool:
         """True when the peer closed the connection (nothing more is read)."""
@@ -353,18 +383,40 @@ class RunningProxy:
     runner: web.AppRunner
     port: int
     stopped: bool = False
+    clients: list[RawClient] = field(default_factory=list)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     async def connect(self) -> RawClient:
-        return await RawClient.connect(self.port)
+        """A raw client connection, closed at the latest when the test ends."""
+        client = await RawClient.connect(self.port)
+        self.clients.append(client)
+        return client
+
+    async def request(self, raw: bytes) -> RawResponse:
+        """Send one raw request on a new connection and read the response."""
+        client = await self.connect()
+        try:
+            return await client.request(raw)
+        finally:
+            await client.close()
+
+    async def get(self, target: str = "/idx/_doc/1", headers: bytes = b"") -> RawResponse:
+        """`GET target`; `headers` are extra raw header lines, each ending in CRLF."""
+        return await self.request(
+            b"GET %s HTTP/1.1\r\nHost: p\r\n%s\r\n" % (target.encode(), headers)
+        )
 
     async def stop(self) -> None:
         if not self.stopped:
             self.stopped = True
             await self.runner.cleanup()
+
+    async def close_clients(self) -> None:
+        for client in self.clients:
+            await client.close()
 
 
 def proxy_config(upstream_url: str, **upstream: object) -> dict[str, object]:

@@ -17,13 +17,13 @@ import threading
 import time
 import zlib
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
 import pytest
 
-from .fakes import LAST_CHUNK, FakeUpstream, RawClient, chunk, proxy_config
+from .fakes import LAST_CHUNK, FakeUpstream, RawClient, Received, chunk, http_response, proxy_config
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BODY_SIZE = 100 << 20
@@ -72,6 +72,12 @@ def gzip_pieces() -> Iterator[bytes]:
 class ProxyProcess:
     port: int
     process: psutil.Process
+    clients: list[RawClient] = field(default_factory=list)
+
+    async def connect(self) -> RawClient:
+        client = await RawClient.connect(self.port)
+        self.clients.append(client)
+        return client
 
 
 @pytest.fixture
@@ -96,7 +102,10 @@ async def proxy_process(upstream: FakeUpstream, tmp_path: Path) -> AsyncIterator
         assert proc.stdout is not None
         line = await asyncio.wait_for(proc.stdout.readline(), 30)
         assert line.startswith(b"rerank-proxy listening on"), (tmp_path / "proxy.log").read_text()
-        yield ProxyProcess(int(line.rsplit(b":", 1)[1]), psutil.Process(proc.pid))
+        running = ProxyProcess(int(line.rsplit(b":", 1)[1]), psutil.Process(proc.pid))
+        yield running
+        for client in running.clients:
+            await client.close()
     finally:
         if proc.returncode is None:
             proc.terminate()
@@ -166,7 +175,7 @@ async def test_100mb_bulk_arrives_intact_in_bounded_memory(
         framing = [("Transfer-Encoding", "chunked")]
         pieces = bulk_chunks(BODY_SIZE)
 
-    client = await RawClient.connect(proxy_process.port)
+    client = await proxy_process.connect()
     # Warm up on the same connection so that the baseline includes the proxy's steady state.
     warm = await client.request(_head([("Content-Length", "2")]) + b"{}")
     assert warm.status == 200
@@ -188,5 +197,43 @@ async def test_100mb_bulk_arrives_intact_in_bounded_memory(
     else:
         assert req.header("Content-Length") == dict(framing)["Content-Length"]
     assert req.sha256 == digest
+    growth = rss.peak - baseline
+    assert growth < RSS_LIMIT, f"proxy RSS grew by {growth / 2**20:.1f} MiB"
+
+
+async def test_100mb_response_streams_in_bounded_memory(
+    proxy_process: ProxyProcess, upstream: FakeUpstream
+) -> None:
+    async def export(req: Received, writer: asyncio.StreamWriter) -> bool:
+        if req.target == "/warm":
+            writer.write(http_response(200, [], b"{}"))
+            return True
+        writer.write(http_response(200, [("Content-Length", str(BODY_SIZE))]))
+        for piece in bulk_chunks(BODY_SIZE):
+            writer.write(piece)
+            await writer.drain()
+        return True
+
+    upstream.handler = export
+    client = await proxy_process.connect()
+    assert (await client.request(b"GET /warm HTTP/1.1\r\nHost: p\r\n\r\n")).status == 200
+    baseline = proxy_process.process.memory_info().rss
+    expected = hashlib.sha256()
+    for piece in bulk_chunks(BODY_SIZE):
+        expected.update(piece)
+
+    with RssPeak(proxy_process.process) as rss:
+        await client.send(b"POST /_search/scroll HTTP/1.1\r\nHost: p\r\nContent-Length: 0\r\n\r\n")
+        head = await client.reader.readuntil(b"\r\n\r\n")
+        assert b"\r\nContent-Length: %d\r\n" % BODY_SIZE in head
+        got, size = hashlib.sha256(), 0
+        while size < BODY_SIZE:
+            data = await asyncio.wait_for(client.reader.read(1 << 20), 30)
+            assert data, "response broke off"
+            got.update(data)
+            size += len(data)
+    await client.close()
+
+    assert (size, got.hexdigest()) == (BODY_SIZE, expected.hexdigest())
     growth = rss.peak - baseline
     assert growth < RSS_LIMIT, f"proxy RSS grew by {growth / 2**20:.1f} MiB"

@@ -58,7 +58,9 @@ async def test_proxy_keeps_serving_after_an_aborted_upload(
     await asyncio.wait_for(upstream.requests[0].ended.wait(), 5)
 
     client = await proxy.connect()
-    resp = await client.request(b"PUT /idx/_doc/1 HTTP/1.1\r\nHost: p\r\nContent-Length: 2\r\n\r\n{}")
+    resp = await client.request(
+        b"PUT /idx/_doc/1 HTTP/1.1\r\nHost: p\r\nContent-Length: 2\r\n\r\n{}"
+    )
     await client.close()
     assert resp.status == 200
     assert [r.complete for r in upstream.requests] == [False, True]

@@ -32,19 +32,9 @@ def _assert_es_error(resp: RawResponse, status: int, error_type: str) -> None:
     assert doc["error"]["root_cause"][0]["type"] == error_type
 
 
-async def _get(
-    proxy: RunningProxy, raw: bytes = b"GET /idx/_doc/1 HTTP/1.1\r\nHost: p\r\n\r\n"
-) -> RawResponse:
-    client = await proxy.connect()
-    try:
-        return await client.request(raw)
-    finally:
-        await client.close()
-
-
 async def test_upstream_down_is_502_in_es_shape(start_proxy: StartProxy, closed_port: int) -> None:
     proxy = await start_proxy(url=f"http://127.0.0.1:{closed_port}")
-    resp = await _get(proxy)
+    resp = await proxy.get()
     _assert_es_error(resp, 502, "proxy_upstream_unavailable")
 
 
@@ -58,7 +48,7 @@ async def test_upstream_that_never_answers_is_504_after_read_timeout(
     upstream.handler = silent
     proxy = await start_proxy(read_timeout=0.5)
     started = time.monotonic()
-    resp = await _get(proxy)
+    resp = await proxy.get()
     assert time.monotonic() - started < 3
     _assert_es_error(resp, 504, "proxy_upstream_timeout")
     assert len(upstream.requests) == 1  # a timed-out request is not retried
@@ -66,7 +56,7 @@ async def test_upstream_that_never_answers_is_504_after_read_timeout(
 
 async def test_garbage_from_upstream_is_502(proxy: RunningProxy, upstream: FakeUpstream) -> None:
     upstream.respond_with(b"SSH-2.0-OpenSSH_9.6\r\n\r\n", keep_alive=False)
-    resp = await _get(proxy)
+    resp = await proxy.get()
     _assert_es_error(resp, 502, "proxy_upstream_unavailable")
 
 
@@ -97,7 +87,7 @@ async def test_upstream_errors_pass_through_untouched(
     body: bytes,
 ) -> None:
     upstream.respond_with(http_response(status, headers, body, reason="Upstream Reason"))
-    resp = await _get(proxy)
+    resp = await proxy.get()
     assert (resp.status, resp.reason, resp.body) == (status, "Upstream Reason", body)
     for key, value in headers:
         assert resp.getall(key) == [value]
@@ -179,8 +169,8 @@ async def test_request_delivered_then_connection_lost_is_not_retried(
     upstream.handler = drop_second
     # The first request leaves a pooled keep-alive connection, which the second reuses:
     # that is where aiohttp's client would retry "idempotent" methods by itself.
-    assert (await _get(proxy)).status == 200
-    resp = await _get(proxy, request_bytes)
+    assert (await proxy.get()).status == 200
+    resp = await proxy.request(request_bytes)
     _assert_es_error(resp, 502, "proxy_upstream_unavailable")
     await asyncio.sleep(0.2)
     assert [r.method for r in upstream.requests] == ["GET", request_bytes.split()[0].decode()]

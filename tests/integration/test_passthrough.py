@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 
 import pytest
@@ -288,7 +289,7 @@ async def test_chunked_response_is_streamed_whole(
 async def test_head_responses_have_no_body_and_connections_stay_usable(
     proxy: RunningProxy, upstream: FakeUpstream
 ) -> None:
-    async def es(req: Received, writer: object) -> bool:
+    async def es(req: Received, writer: asyncio.StreamWriter) -> bool:
         product = [("X-Elastic-Product", "Elasticsearch")]
         if req.method == "HEAD" and req.target == "/idx":
             raw = http_response(200, [*product, ("Content-Length", "231")])
@@ -296,7 +297,7 @@ async def test_head_responses_have_no_body_and_connections_stay_usable(
             raw = http_response(404, [*product, ("Content-Type", ES_JSON), ("Content-Length", "0")])
         else:
             raw = http_response(200, [*product, ("Content-Type", ES_JSON)], b'{"found":true}')
-        writer.write(raw)  # type: ignore[attr-defined]
+        writer.write(raw)
         return True
 
     upstream.handler = es

@@ -32,8 +32,9 @@ KNOWN_MODEL = (
     "backend, batch_size, batch_wait_ms, cache_size, device, max_length, max_queue, name, threads"
 )
 KNOWN_RULE = (
-    "blend_weight, enabled, expose_engine_score, fields, match, max_length, min_score,"
-    " query_param, query_path, score_mode, template, timeout_ms, window"
+    "blend_weight, enabled, expose_engine_score, fields, leading_words, match, max_length,"
+    " max_passages, min_score, passage_stride, passage_words, passages, query_param,"
+    " query_path, score_mode, template, timeout_ms, use_highlight, window"
 )
 
 
@@ -563,6 +564,12 @@ INHERITED: dict[str, tuple[Any, Any]] = {
     "timeout_ms": (99, 100),
     "max_length": (64, 128),
     "expose_engine_score": (False, True),
+    "use_highlight": (True, False),
+    "leading_words": (50, 80),
+    "passages": ("max", "off"),
+    "passage_words": (100, 120),
+    "passage_stride": (60, 70),
+    "max_passages": (2, 3),
 }
 NOT_INHERITED = {"match", "enabled"}
 

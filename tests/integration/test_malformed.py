@@ -1,0 +1,62 @@
+"""Malformed requests get 400 and never reach the upstream; `Expect: 100-continue` works."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from .fakes import FakeUpstream, RunningProxy
+
+MALFORMED = {
+    # Request smuggling (RFC 9112 6.3): a message with both framings is an error.
+    "cl-and-te": b"POST /_bulk HTTP/1.1\r\nHost: p\r\nContent-Length: 5\r\n"
+    b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    "te-and-cl": b"POST /_bulk HTTP/1.1\r\nHost: p\r\nTransfer-Encoding: chunked\r\n"
+    b"Content-Length: 5\r\n\r\n0\r\n\r\n",
+    "cl-not-a-number": b"POST /_bulk HTTP/1.1\r\nHost: p\r\nContent-Length: abc\r\n\r\n",
+    "cl-negative": b"POST /_bulk HTTP/1.1\r\nHost: p\r\nContent-Length: -1\r\n\r\n",
+    "cl-plus-sign": b"POST /_bulk HTTP/1.1\r\nHost: p\r\nContent-Length: +5\r\n\r\nhello",
+    "cl-list": b"POST /_bulk HTTP/1.1\r\nHost: p\r\nContent-Length: 5, 5\r\n\r\nhello",
+    "cl-twice-differing": b"POST /_bulk HTTP/1.1\r\nHost: p\r\nContent-Length: 5\r\n"
+    b"Content-Length: 6\r\n\r\nhello!",
+    "te-not-chunked": b"POST /_bulk HTTP/1.1\r\nHost: p\r\nTransfer-Encoding: gzip\r\n\r\nxx",
+    "bad-chunk-size": b"POST /_bulk HTTP/1.1\r\nHost: p\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b"zz\r\nhello\r\n0\r\n\r\n",
+    "space-before-colon": b"GET / HTTP/1.1\r\nHost: p\r\nX-Bad : 1\r\n\r\n",
+    "header-line-over-8k": b"GET / HTTP/1.1\r\nHost: p\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n",
+    "request-line-over-8k": b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: p\r\n\r\n",
+    "bare-lf-in-header": b"GET / HTTP/1.1\r\nHost: p\r\nX-A: 1\nX-B: 2\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("raw", MALFORMED.values(), ids=MALFORMED.keys())
+async def test_malformed_request_is_400_and_not_forwarded(
+    proxy: RunningProxy, upstream: FakeUpstream, raw: bytes
+) -> None:
+    client = await proxy.connect()
+    resp = await client.request(raw)
+    await client.close()
+    assert resp.status == 400
+    await asyncio.sleep(0.05)
+    assert upstream.requests == []
+    assert upstream.connections == 0
+
+
+async def test_expect_100_continue(proxy: RunningProxy, upstream: FakeUpstream) -> None:
+    body = b'{"index":{}}\n{"a":1}\n'
+    client = await proxy.connect()
+    await client.send(
+        b"POST /_bulk HTTP/1.1\r\nHost: p\r\nContent-Type: application/x-ndjson\r\n"
+        b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(body)
+    )
+    interim = await client.response(timeout=5)
+    assert (interim.status, interim.head) == (100, b"HTTP/1.1 100 Continue\r\n\r\n")
+    await client.send(body)
+    final = await client.response(timeout=5)
+    await client.close()
+
+    assert final.status == 200
+    req = upstream.requests[0]
+    assert bytes(req.body) == body and req.complete
+    assert req.header("Expect") is None  # the proxy already answered it
