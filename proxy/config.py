@@ -26,7 +26,7 @@ import yaml
 
 ScoreMode = Literal["replace", "blend"]
 PassageMode = Literal["off", "max"]
-Backend = Literal["auto", "torch", "onnx", "onnx-int8", "torch-bf16", "fake"]
+Backend = Literal["auto", "torch", "torch-fp32", "onnx", "onnx-int8", "torch-bf16", "fake"]
 Device = Literal["auto", "cpu", "cuda"]
 LogFormat = Literal["text", "json"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
@@ -92,7 +92,8 @@ class ModelConfig:
     backend: Backend = opt(
         "auto",
         "Inference backend: `auto` (exact: torch fp16 on CUDA, ONNX Runtime fp32 on CPU when"
-        " installed, else torch fp32), `torch`, `onnx`, `onnx-int8` and `torch-bf16`"
+        " installed, else torch fp32), `torch`, `torch-fp32` (fp32 on CUDA too), `onnx`,"
+        " `onnx-int8` and `torch-bf16`"
         " (approximate, opt-in), `fake` (tests).",
     )
     device: Device = opt("auto", "`auto` picks CUDA when available, else CPU.")

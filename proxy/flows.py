@@ -199,6 +199,8 @@ async def rerank_request(
         return made
     ctx = made
     try:
+        if request.headers.get("X-Rerank", "").lower() in ("off", "false", "0"):
+            return await ctx.pass_through("skipped", "client_off")
         if route.kind in ("search", "search_template"):
             return await _single(ctx, route)
         return await _multi(ctx, route)
@@ -228,8 +230,6 @@ async def _render(ctx: _Ctx, template: Any) -> Any | None:
 
 async def _single(ctx: _Ctx, route: Route) -> web.StreamResponse:
     cfg = ctx.app[CONFIG]
-    if ctx.request.headers.get("X-Rerank", "").lower() in ("off", "false", "0"):
-        return await ctx.pass_through("skipped", "client_off")
     rule = resolve_rule(cfg, route.targets)
     if rule is None:
         return await ctx.pass_through("skipped", "mixed_rules")
@@ -293,8 +293,6 @@ def _ndjson(decoded: bytes) -> list[tuple[bytes, Any]] | None:
 
 async def _multi(ctx: _Ctx, route: Route) -> web.StreamResponse:
     cfg = ctx.app[CONFIG]
-    if ctx.request.headers.get("X-Rerank", "").lower() in ("off", "false", "0"):
-        return await ctx.pass_through("skipped", "client_off")
     decoded = _decoded_body(ctx)
     lines = _ndjson(decoded) if decoded is not None else None
     if not lines or len(lines) % 2 or not all(isinstance(h, dict) for _, h in lines[::2]):

@@ -60,6 +60,7 @@ def check_scores(scores: Sequence[float], expected: int) -> list[float]:
 _REGISTRY: dict[str, str] = {
     "torch": "proxy.rerank.torch_backend:load_torch",
     "torch-bf16": "proxy.rerank.torch_backend:load_torch_bf16",
+    "torch-fp32": "proxy.rerank.torch_backend:load_torch_fp32",
     "onnx": "proxy.rerank.onnx_backend:load_onnx",
     "onnx-int8": "proxy.rerank.onnx_backend:load_onnx_int8",
     "fake": "proxy.rerank.fake:load_fake",

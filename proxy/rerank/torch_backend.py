@@ -62,9 +62,9 @@ class TorchBackend(Backend):
         return scores
 
 
-def _load(cfg: ModelConfig, cpu_dtype: str) -> Backend:
+def _load(cfg: ModelConfig, cpu_dtype: str, cuda_dtype: str = "fp16") -> Backend:
     device = pick_device(cfg.device)
-    dtype = "fp16" if device == "cuda" else cpu_dtype
+    dtype = cuda_dtype if device == "cuda" else cpu_dtype
     return TorchBackend(
         cfg.name, device=device, dtype=dtype, batch_size=cfg.batch_size, threads=cfg.threads
     )
@@ -72,6 +72,11 @@ def _load(cfg: ModelConfig, cpu_dtype: str) -> Backend:
 
 def load_torch(cfg: ModelConfig) -> Backend:
     return _load(cfg, "fp32")
+
+
+def load_torch_fp32(cfg: ModelConfig) -> Backend:
+    """fp32 everywhere: exact on CUDA too, at fp32 speed."""
+    return _load(cfg, "fp32", "fp32")
 
 
 def load_torch_bf16(cfg: ModelConfig) -> Backend:
