@@ -86,7 +86,7 @@ def test_check_config_ok(capsys: pytest.CaptureFixture[str]) -> None:
         (
             ["serve", "--backend", "gpu"],
             [
-                "<flags>: model.backend: must be one of 'auto', 'torch', 'onnx', 'onnx-int8',"
+                "<flags>: model.backend: must be one of 'auto', 'torch', 'torch-fp32', 'onnx', 'onnx-int8',"
                 " 'torch-bf16', 'fake', got 'gpu'"
             ],
         ),
