@@ -86,8 +86,8 @@ def test_check_config_ok(capsys: pytest.CaptureFixture[str]) -> None:
         (
             ["serve", "--backend", "gpu"],
             [
-                "<flags>: model.backend: must be one of 'auto', 'torch', 'torch-fp32', 'onnx', 'onnx-int8',"
-                " 'torch-bf16', 'fake', got 'gpu'"
+                "<flags>: model.backend: must be one of 'auto', 'torch', 'torch-fp32', 'onnx',"
+                " 'onnx-int8', 'torch-bf16', 'fake', got 'gpu'"
             ],
         ),
         (
