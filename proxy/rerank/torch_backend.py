@@ -20,7 +20,15 @@ if TYPE_CHECKING:
 
 class TorchBackend(Backend):
     def __init__(
-        self, name: str, *, device: str, dtype: str, batch_size: int, threads: int
+        self,
+        name: str,
+        *,
+        device: str,
+        dtype: str,
+        batch_size: int,
+        threads: int,
+        compile: bool = False,
+        max_length: int = 512,
     ) -> None:
         import torch
         from transformers import AutoModelForSequenceClassification
@@ -38,6 +46,11 @@ class TorchBackend(Backend):
         self.batch_size = default_batch_size(batch_size, device)
         self.model_id = f"{name}|torch|{dtype}"
         self._torch = torch
+        if compile:
+            self.model = torch.compile(self.model, dynamic=True)
+            # Compile now, before the port opens: a short and a full-length batch.
+            for words in (4, max_length):
+                self.score_pairs([("warm up", " ".join(["token"] * words))] * 2, max_length)
 
     def score_pairs(self, pairs: Sequence[tuple[str, str]], max_length: int) -> list[float]:
         torch = self._torch
@@ -66,7 +79,13 @@ def _load(cfg: ModelConfig, cpu_dtype: str, cuda_dtype: str = "fp16") -> Backend
     device = pick_device(cfg.device)
     dtype = cuda_dtype if device == "cuda" else cpu_dtype
     return TorchBackend(
-        cfg.name, device=device, dtype=dtype, batch_size=cfg.batch_size, threads=cfg.threads
+        cfg.name,
+        device=device,
+        dtype=dtype,
+        batch_size=cfg.batch_size,
+        threads=cfg.threads,
+        compile=cfg.compile,
+        max_length=cfg.max_length,
     )
 
 

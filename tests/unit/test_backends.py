@@ -100,3 +100,13 @@ def test_missing_model_says_what_to_do(tmp_path: Path) -> None:
 
     with pytest.raises(ModelLoadError, match=r"local-dir DIR.*HF_ENDPOINT"):
         load_backend(_config(tmp_path / "nowhere", "torch"))
+
+
+def test_compiled_torch_backend_matches_the_reference(
+    tiny_model: Path, pairs: list[tuple[str, str]], reference: list[float]
+) -> None:
+    # torch.compile is opt-in (model.compile); it is compiled at load, before the port opens.
+    cfg = dataclasses.replace(_config(tiny_model, "torch"), compile=True, max_length=MAX_LENGTH)
+    model = load_backend(cfg)
+    got = model.score_pairs(pairs, MAX_LENGTH)
+    assert max(abs(a - b) for a, b in zip(got, reference, strict=True)) <= 1e-5

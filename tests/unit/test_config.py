@@ -29,7 +29,8 @@ KNOWN_UPSTREAM = (
     " read_timeout, url, verify_tls"
 )
 KNOWN_MODEL = (
-    "backend, batch_size, batch_wait_ms, cache_size, device, max_length, max_queue, name, threads"
+    "backend, batch_size, batch_wait_ms, cache_size, compile, device, max_length, max_queue,"
+    " name, threads"
 )
 KNOWN_RULE = (
     "blend_weight, enabled, expose_engine_score, fields, leading_words, match, max_length,"
