@@ -2,18 +2,35 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
+import sys
+
+
+def cuda_device_count() -> int:
+    """GPUs the CUDA driver reports, asked through libcuda directly.
+
+    Importing torch just to ask costs ~500 MB of RSS (its CUDA libraries get mapped), which
+    the ONNX backend otherwise never needs.
+    """
+    if "torch" in sys.modules:
+        torch = sys.modules["torch"]
+        return int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
+    try:
+        libcuda = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return 0
+    count = ctypes.c_int(0)
+    if libcuda.cuInit(0) != 0 or libcuda.cuDeviceGetCount(ctypes.byref(count)) != 0:
+        return 0
+    return count.value
 
 
 def pick_device(device: str) -> str:
-    """`auto` -> `cuda` when torch sees a GPU, else `cpu`."""
+    """`auto` -> `cuda` when the CUDA driver reports a GPU, else `cpu`."""
     if device != "auto":
         return device
-    try:
-        import torch
-    except ImportError:
-        return "cpu"
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return "cuda" if cuda_device_count() > 0 else "cpu"
 
 
 def cpu_threads(threads: int) -> int:

@@ -49,6 +49,32 @@ def local_model_dir(name: str) -> Path | None:
         return None
 
 
+class PairTokenizer:
+    """`tokenizer.json` through the `tokenizers` library alone (no transformers, no torch).
+
+    Encodes exactly as transformers' fast tokenizer does for the same file (the post-
+    processor in tokenizer.json adds `[CLS] q [SEP] d [SEP]`); a test checks the ids agree.
+    """
+
+    def __init__(self, path: Path) -> None:
+        from tokenizers import Tokenizer
+
+        self._tok = Tokenizer.from_file(str(path))
+        self._tok.no_padding()
+        self.pad_token_id = self._tok.token_to_id("[PAD]") or 0
+
+    def encode_pairs(
+        self, pairs: Sequence[tuple[str, str]], max_length: int
+    ) -> list[dict[str, list[int]]]:
+        try:
+            self._tok.enable_truncation(max_length, strategy="only_second")
+            encs = self._tok.encode_batch(list(pairs))
+        except Exception:  # noqa: BLE001 - the query alone is longer than max_length
+            self._tok.enable_truncation(max_length, strategy="longest_first")
+            encs = self._tok.encode_batch(list(pairs))
+        return [{"input_ids": e.ids, "attention_mask": e.attention_mask} for e in encs]
+
+
 def tokenize_pairs(
     tokenizer: Any, pairs: Sequence[tuple[str, str]], max_length: int
 ) -> list[dict[str, list[int]]]:

@@ -13,6 +13,8 @@ import hashlib
 import logging
 import math
 import os
+import subprocess
+import sys
 import tempfile
 import warnings
 from collections.abc import Sequence
@@ -22,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from .base import Backend
 from .device import cpu_threads, default_batch_size, pick_device
 from .hf import (
+    PairTokenizer,
     length_sorted_batches,
     load_tokenizer,
     local_model_dir,
@@ -105,7 +108,15 @@ def onnx_model_path(model_dir: Path, *, int8: bool) -> Path:
     fp32 = cached / "model.onnx"
     if not fp32.exists():
         logger.info("exporting %s to ONNX (once) at %s", model_dir, fp32)
-        export_onnx(model_dir, fp32)
+        # In a child process: the export needs torch, serving does not (~500 MB of RSS).
+        proc = subprocess.run(
+            [sys.executable, "-m", "proxy.rerank.onnx_backend", str(model_dir), str(fp32)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if proc.returncode != 0 or not fp32.exists():
+            raise RuntimeError(f"ONNX export failed: {proc.stderr.strip()[-2000:]}")
     if not int8:
         return fp32
     q = cached / "model_int8.onnx"
@@ -124,7 +135,10 @@ class OnnxBackend(Backend):
         model_dir = local_model_dir(name)
         if model_dir is None:
             raise model_load_error(name, FileNotFoundError("model files not available locally"))
-        self.tokenizer = load_tokenizer(str(model_dir))
+        fast = model_dir / "tokenizer.json"
+        self.tokenizer: Any = (
+            PairTokenizer(fast) if fast.exists() else load_tokenizer(str(model_dir))
+        )
         path = onnx_model_path(model_dir, int8=int8)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = cpu_threads(threads)
@@ -140,7 +154,10 @@ class OnnxBackend(Backend):
 
     def score_pairs(self, pairs: Sequence[tuple[str, str]], max_length: int) -> list[float]:
 
-        encoded = tokenize_pairs(self.tokenizer, pairs, max_length)
+        if isinstance(self.tokenizer, PairTokenizer):
+            encoded = self.tokenizer.encode_pairs(pairs, max_length)
+        else:
+            encoded = tokenize_pairs(self.tokenizer, pairs, max_length)
         scores = [0.0] * len(pairs)
         pad_id = self.tokenizer.pad_token_id or 0
         for idx in length_sorted_batches(encoded, self.batch_size):
@@ -171,3 +188,7 @@ def load_onnx(cfg: ModelConfig) -> Backend:
 
 def load_onnx_int8(cfg: ModelConfig) -> Backend:
     return _load(cfg, int8=True)
+
+
+if __name__ == "__main__":  # the export step, run in a child process by onnx_model_path
+    export_onnx(Path(sys.argv[1]), Path(sys.argv[2]))

@@ -90,7 +90,7 @@ def test_onnx_export_is_cached(
     first = onnx_backend.onnx_model_path(tiny_model, int8=False)
     stamp = first.stat().st_mtime_ns
     calls = []
-    monkeypatch.setattr(onnx_backend, "export_onnx", lambda *a: calls.append(a))
+    monkeypatch.setattr(onnx_backend.subprocess, "run", lambda *a, **k: calls.append(a))
     assert onnx_backend.onnx_model_path(tiny_model, int8=False) == first
     assert first.stat().st_mtime_ns == stamp and not calls
 
@@ -110,3 +110,46 @@ def test_compiled_torch_backend_matches_the_reference(
     model = load_backend(cfg)
     got = model.score_pairs(pairs, MAX_LENGTH)
     assert max(abs(a - b) for a, b in zip(got, reference, strict=True)) <= 1e-5
+
+
+def test_pair_tokenizer_matches_transformers(
+    tiny_model: Path, pairs: list[tuple[str, str]]
+) -> None:
+    from transformers import AutoTokenizer
+
+    from proxy.rerank.hf import PairTokenizer, tokenize_pairs
+
+    ours = PairTokenizer(tiny_model / "tokenizer.json")
+    theirs = AutoTokenizer.from_pretrained(tiny_model)
+    long_query = [(" ".join(["protein"] * 200), "short document")]
+    for max_length in (MAX_LENGTH, 512):
+        for batch in (pairs, long_query):
+            got = ours.encode_pairs(batch, max_length)
+            want = tokenize_pairs(theirs, batch, max_length)
+            assert [g["input_ids"] for g in got] == [w["input_ids"] for w in want]
+            assert [g["attention_mask"] for g in got] == [w["attention_mask"] for w in want]
+
+
+def test_onnx_backend_serves_without_torch_or_transformers(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    # torch maps ~500 MB of CUDA libraries into the process: the ONNX path must not need it.
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, dataclasses\n"
+        "from proxy.config import ModelConfig\n"
+        "from proxy.rerank.base import load_backend\n"
+        f"cfg = dataclasses.replace(ModelConfig(), name={str(tiny_model)!r}, backend='auto')\n"
+        "b = load_backend(cfg)\n"
+        "assert len(b.score_pairs([('q', 'a document')], 64)) == 1\n"
+        "print(type(b).__name__, 'torch' in sys.modules, 'transformers' in sys.modules)\n"
+    )
+    env = {**os.environ, "RERANK_PROXY_STATE": str(tmp_path)}
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["OnnxBackend", "False", "False"]
