@@ -19,7 +19,7 @@ from aiohttp import web
 
 from . import __version__
 from .config import Config
-from .errors import UpstreamError, es_error_body
+from .errors import UpstreamError, UpstreamUnavailable, es_error_body
 from .metrics import Metrics
 from .rerank.base import Reranker
 from .routing import ADMIN_PREFIX, classify, split_path_query, without_params
@@ -33,6 +33,7 @@ UPSTREAM = web.AppKey("upstream", Upstream)
 RERANKER = web.AppKey("reranker", Reranker)
 METRICS = web.AppKey("metrics", Metrics)
 PROXY_PARAMS = frozenset({"rerank"})
+SMALL_BODY = 64 * 1024  # responses up to this size are sent in one write
 
 
 @dataclass(slots=True)
@@ -101,13 +102,31 @@ async def forward(
         request.app[METRICS].inc(f"upstream_errors_{exc.status}")
         return error_response(exc.status, exc.error_type, str(exc))
     outcome.upstream_ms = (time.perf_counter() - t0) * 1000
-    resp = web.StreamResponse(status=up.status, reason=up.reason)
-    for key, value in response_headers(up.headers).items():
-        resp.headers.add(key, value)
-    for key, value in outcome.headers().items():
-        resp.headers[key] = value
+    headers = response_headers(up.headers)
+    headers.update(outcome.headers())
+    chunks: list[bytes] = []
+    length = up.content_length
+    small = length is not None and length <= SMALL_BODY and request.method != "HEAD"
+    try:
+        if small:
+            # Small bodies (most responses) go out in one write instead of three.
+            async for chunk in upstream.iter_body(up):
+                chunks.append(chunk)
+            body = b"".join(chunks)
+            if len(body) == length:
+                up.release()
+                return web.Response(status=up.status, reason=up.reason, body=body, headers=headers)
+            chunks = [body]  # short body: send what came, then cut the connection below
+            raise UpstreamUnavailable("upstream body ended early")
+    except UpstreamError:
+        pass  # handled below, after the headers, exactly like a stream that broke off
+    resp = web.StreamResponse(status=up.status, reason=up.reason, headers=headers)
     try:
         await resp.prepare(request)
+        for chunk in chunks:
+            await resp.write(chunk)
+        if small:
+            raise UpstreamUnavailable("upstream body broke off")
         async for chunk in upstream.iter_body(up):
             await resp.write(chunk)
         await resp.write_eof()
@@ -170,17 +189,18 @@ async def handle(request: web.Request) -> web.StreamResponse:
             metrics.inc(f"rerank_{outcome.rerank}")
             if outcome.reason:
                 metrics.inc(f"rerank_{outcome.rerank}_{outcome.reason}")
-        access_logger.info(
-            "%s %s %s upstream_ms=%.1f rerank_ms=%.1f total_ms=%.1f rerank=%s%s",
-            request.method,
-            path,
-            resp.status if resp is not None else "-",
-            outcome.upstream_ms,
-            outcome.rerank_ms,
-            (time.perf_counter() - started) * 1000,
-            outcome.rerank,
-            f"({outcome.reason})" if outcome.reason else "",
-        )
+        if request.app[CONFIG].access_log:
+            access_logger.info(
+                "%s %s %s upstream_ms=%.1f rerank_ms=%.1f total_ms=%.1f rerank=%s%s",
+                request.method,
+                path,
+                resp.status if resp is not None else "-",
+                outcome.upstream_ms,
+                outcome.rerank_ms,
+                (time.perf_counter() - started) * 1000,
+                outcome.rerank,
+                f"({outcome.reason})" if outcome.reason else "",
+            )
 
 
 def strip_proxy_params(raw_query: str) -> str:

@@ -13,7 +13,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from urllib.parse import urlsplit
 
 from .config import Config, ConfigError, ListenConfig, config_table, load_config, parse_config
@@ -72,6 +72,7 @@ async def _serve(cfg: Config) -> None:
 
     from .app import create_app, make_runner
     from .rerank.base import load_backend, resolve_backend_name
+    from .rerank.device import pick_device
     from .rerank.service import RerankService
     from .rerank.standin import is_standin
 
@@ -90,11 +91,15 @@ async def _serve(cfg: Config) -> None:
             cfg.model.name,
             "mixedbread-ai/mxbai-rerank-xsmall-v1",
         )
+    # On CPU a group bigger than a couple of batches only makes every search in it wait for
+    # the slowest (bench.search); on GPU large groups are what make batching pay.
+    on_gpu = pick_device(cfg.model.device) == "cuda"
     service = RerankService(
         backend,
         batch_wait_ms=cfg.model.batch_wait_ms,
         max_queue=cfg.model.max_queue,
         cache_size=cfg.model.cache_size,
+        max_group=256 if on_gpu else 2 * backend.batch_size,
     )
     app = create_app(cfg, reranker=service)
     runner = make_runner(app)
@@ -112,6 +117,15 @@ async def _serve(cfg: Config) -> None:
     await stop.wait()
     logger.info("shutting down: finishing in-flight requests")
     await runner.cleanup()
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop when installed (about 20% less CPU per proxied request), else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -149,7 +163,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     setup_logging(cfg.log_level, cfg.log_format)
     try:
-        asyncio.run(_serve(cfg))
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            runner.run(_serve(cfg))
     except ModelLoadError as exc:
         logger.error("%s", exc)
         return 1

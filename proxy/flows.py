@@ -14,7 +14,7 @@ import gzip
 import logging
 import time
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -157,11 +157,17 @@ async def _score(ctx: _Ctx, plan: SearchPlan, doc: dict[str, Any]) -> None:
     passages = [split_passages(d, plan.rule) for d in docs]
     flat = [p for ps in passages for p in ps]
     t0 = time.perf_counter()
+    cached = getattr(reranker, "cached", None)
     try:
-        raw = await asyncio.wait_for(
-            reranker.score(plan.query, flat, max_length=max_length),
-            timeout=plan.rule.timeout_ms / 1000,
+        # A warm cache answers without a task, a timer or the batcher.
+        raw: Sequence[float] | None = (
+            cached(plan.query, flat, max_length=max_length) if cached else None
         )
+        if raw is None:
+            raw = await asyncio.wait_for(
+                reranker.score(plan.query, flat, max_length=max_length),
+                timeout=plan.rule.timeout_ms / 1000,
+            )
         flat_scores = iter(check_scores(raw, len(flat)))
         scores = iter([max(next(flat_scores) for _ in ps) for ps in passages])
         aligned = [None if t is None else next(scores) for t in texts]
@@ -194,13 +200,22 @@ async def _make_ctx(request: web.Request, outcome: Outcome) -> _Ctx | web.Stream
 async def rerank_request(
     request: web.Request, route: Route, outcome: Outcome
 ) -> web.StreamResponse:
+    # Decisions that need no body: stream the request through without buffering it.
+    reason = None
+    if request.headers.get("X-Rerank", "").lower() in ("off", "false", "0"):
+        reason = "client_off"
+    elif route.kind in ("search", "search_template"):
+        rule = resolve_rule(request.app[CONFIG], route.targets)
+        reason = "mixed_rules" if rule is None else None if rule.enabled else "disabled"
+    if reason is not None:
+        outcome.rerank, outcome.reason = "skipped", reason
+        query = without_params(split_path_query(request.raw_path)[1], frozenset({"rerank"}))
+        return await forward(request, outcome, raw_query=query)
     made = await _make_ctx(request, outcome)
     if not isinstance(made, _Ctx):
         return made
     ctx = made
     try:
-        if request.headers.get("X-Rerank", "").lower() in ("off", "false", "0"):
-            return await ctx.pass_through("skipped", "client_off")
         if route.kind in ("search", "search_template"):
             return await _single(ctx, route)
         return await _multi(ctx, route)
@@ -231,7 +246,7 @@ async def _render(ctx: _Ctx, template: Any) -> Any | None:
 async def _single(ctx: _Ctx, route: Route) -> web.StreamResponse:
     cfg = ctx.app[CONFIG]
     rule = resolve_rule(cfg, route.targets)
-    if rule is None:
+    if rule is None:  # pragma: no cover - decided before buffering in rerank_request
         return await ctx.pass_through("skipped", "mixed_rules")
     decoded = _decoded_body(ctx)
     p = dict(ctx.params)

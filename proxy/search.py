@@ -316,8 +316,10 @@ def window_texts(doc: dict[str, Any], plan: SearchPlan) -> list[str | None]:
 
 def split_passages(text: str, rule: RuleConfig) -> list[str]:
     """Overlapping word windows of a document (`passages: max`); the whole text otherwise."""
+    if rule.passages == "off":
+        return [text]
     words = text.split()
-    if rule.passages == "off" or len(words) <= rule.passage_words:
+    if len(words) <= rule.passage_words:
         return [text]
     starts = range(
         0, max(1, len(words) - rule.passage_words + rule.passage_stride), rule.passage_stride

@@ -91,7 +91,7 @@ class RerankService:
         batch_wait_ms: float = 2.0,
         max_queue: int = 4096,
         cache_size: int = 50_000,
-        max_group: int = 256,
+        max_group: int = 256,  # pairs handed to the model at once (see cli: per device)
     ) -> None:
         self.backend = backend
         self.model_id = backend.model_id
@@ -105,6 +105,16 @@ class RerankService:
         self._wakeup = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rerank-infer")
         self._worker: asyncio.Task[None] | None = None
+
+    def cached(self, query: str, docs: Sequence[str], *, max_length: int) -> list[float] | None:
+        """Every document's score from the cache, or None if any is missing (no waiting)."""
+        out = []
+        for doc in docs:
+            score = self.cache.get(cache_key(self.model_id, max_length, query, doc))
+            if score is None:
+                return None
+            out.append(score)
+        return out
 
     async def score(self, query: str, docs: Sequence[str], *, max_length: int) -> list[float]:
         if self._worker is None:

@@ -22,7 +22,7 @@ from proxy.config import (
     template_fields,
 )
 
-KNOWN_TOP = "defaults, indices, listen, log_format, log_level, model, upstream"
+KNOWN_TOP = "access_log, defaults, indices, listen, log_format, log_level, model, upstream"
 KNOWN_LISTEN = "host, port"
 KNOWN_UPSTREAM = (
     "ca_file, client_cert, client_key, connect_timeout, max_buffer_bytes, max_connections,"

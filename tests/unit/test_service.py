@@ -165,3 +165,16 @@ async def test_backend_failures_reach_every_caller(mode: str, error: type[Except
         assert len(service.cache) == 0
     finally:
         await service.close()
+
+
+async def test_cached_answers_only_when_every_document_is_cached() -> None:
+    backend = FakeBackend()
+    service = RerankService(backend, cache_size=100)
+    try:
+        docs = docs_for(3)
+        assert service.cached("q", docs, max_length=64) is None
+        scores = await service.score("q", docs, max_length=64)
+        assert service.cached("q", docs, max_length=64) == scores
+        assert service.cached("q", [*docs, "new document"], max_length=64) is None
+    finally:
+        await service.close()
