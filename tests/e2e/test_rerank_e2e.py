@@ -175,7 +175,7 @@ def test_response_equals_the_engines_except_order_and_scores(
     "body",
     [
         {"size": 0, "aggs": {"n": {"avg": {"field": "n"}}}},
-        {"sort": [{"_id": "asc"}], "size": 5},
+        {"sort": [{"n": "asc"}], "size": 5},
         {"sort": [{"_score": "asc"}], "size": 5},
         {"size": 5, "explain": True},
     ],
@@ -211,7 +211,7 @@ def test_msearch_reranks_item_by_item(clients: Any, scifact: SciFact) -> None:
         {"index": SCIFACT_INDEX},
         _query(q1, size=10),
         {"index": SCIFACT_INDEX},
-        {**_query(q2, size=5), "sort": [{"_id": "desc"}]},
+        {**_query(q2, size=5), "sort": [{"n": "desc"}]},
         {},
         _query(q2, size=10),
     ]
