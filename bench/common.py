@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import gzip
 import json
 import math
 import os
@@ -36,7 +35,7 @@ from typing import Any
 
 import yaml
 
-from bench.data import CACHE, REPO, SCIFACT
+from bench.data import CACHE, REPO, SCIFACT, read_jsonl
 
 ENGINE = "opensearch"
 INDEX = "bench-scifact"
@@ -55,21 +54,14 @@ class SciFact:
     queries: list[str]  # every query text, in file order
 
 
-def _jsonl(path: Path) -> Iterator[dict[str, str]]:
-    with gzip.open(path, "rt", encoding="utf-8") as fh:
-        for line in fh:
-            if line.strip():
-                yield json.loads(line)
-
-
 def load_scifact() -> SciFact:
     if not SCIFACT.is_dir():
         sys.exit(f"SciFact not found at {SCIFACT} (set RERANK_PROXY_SHARED)")
     corpus = {
         d["_id"]: {"title": d["title"], "text": d["text"]}
-        for d in _jsonl(SCIFACT / "corpus.jsonl.gz")
+        for d in read_jsonl(SCIFACT / "corpus.jsonl.gz")
     }
-    queries = [q["text"] for q in _jsonl(SCIFACT / "queries.jsonl.gz")]
+    queries = [q["text"] for q in read_jsonl(SCIFACT / "queries.jsonl.gz")]
     return SciFact(corpus, queries)
 
 

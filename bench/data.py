@@ -21,15 +21,17 @@ CACHE = Path(os.environ.get("RERANK_PROXY_STATE", Path.home() / ".cache" / "rera
 _TOKEN = re.compile(r"[a-z0-9]+")
 
 
-def _jsonl(path: Path) -> list[dict[str, str]]:
+def read_jsonl(path: Path) -> list[dict[str, str]]:
     with gzip.open(path, "rt", encoding="utf-8") as fh:
         return [json.loads(line) for line in fh if line.strip()]
 
 
 def load(scifact: Path = SCIFACT) -> tuple[dict[str, str], dict[str, str], dict[str, set[str]]]:
     """(doc id -> "title\\ntext", query id -> text, query id -> relevant doc ids)."""
-    corpus = {d["_id"]: f"{d['title']}\n{d['text']}" for d in _jsonl(scifact / "corpus.jsonl.gz")}
-    queries = {q["_id"]: q["text"] for q in _jsonl(scifact / "queries.jsonl.gz")}
+    corpus = {
+        d["_id"]: f"{d['title']}\n{d['text']}" for d in read_jsonl(scifact / "corpus.jsonl.gz")
+    }
+    queries = {q["_id"]: q["text"] for q in read_jsonl(scifact / "queries.jsonl.gz")}
     qrels: dict[str, set[str]] = {}
     with gzip.open(scifact / "qrels" / "test.tsv.gz", "rt", encoding="utf-8") as fh:
         next(fh)
