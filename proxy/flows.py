@@ -99,12 +99,20 @@ class _Ctx:
     def app(self) -> web.Application:
         return self.request.app
 
-    def headers(self, *, json_body: bool = True) -> CIMultiDict[str]:
+    def headers(self, *, json_body: bool = False) -> CIMultiDict[str]:
+        """The caller's headers for an upstream request the proxy makes (credentials kept).
+
+        `json_body`: the body is one JSON document even if the client sent NDJSON, so an
+        `x-ndjson` media type (plain or `vnd.elasticsearch+x-ndjson; compatible-with=N`)
+        becomes its JSON twin.
+        """
         h = request_headers(self.request.headers, self.request.remote, keep_length=False)
         h.popall("Content-Encoding", None)
         h.popall("Accept-Encoding", None)
-        if json_body and "Content-Type" not in h:
+        if "Content-Type" not in h:
             h["Content-Type"] = "application/json"
+        elif json_body:
+            h["Content-Type"] = h["Content-Type"].replace("x-ndjson", "json")
         return h
 
     async def pass_through(self, status: str, reason: str) -> web.StreamResponse:
@@ -115,13 +123,15 @@ class _Ctx:
         query = without_params(self.raw_query, frozenset({"rerank"}))
         return await forward(self.request, self.outcome, body=self.raw_body, raw_query=query)
 
-    async def fetch(self, path: str, query: str, body: bytes) -> UpstreamResponse | None:
+    async def fetch(
+        self, path: str, query: str, body: bytes, *, json_body: bool = False
+    ) -> UpstreamResponse | None:
         cfg = self.app[CONFIG]
         t0 = time.perf_counter()
         result = await self.app[UPSTREAM].fetch(
             self.request.method if self.request.method in ("GET", "POST") else "POST",
             path + ("?" + query if query else ""),
-            self.headers(),
+            self.headers(json_body=json_body),
             body,
             max_bytes=cfg.upstream.max_buffer_bytes,
         )
@@ -234,7 +244,7 @@ async def _render(ctx: _Ctx, template: Any) -> Any | None:
     if not isinstance(template, dict):
         return None
     spec = {k: template[k] for k in ("id", "source", "params") if k in template}
-    up = await ctx.fetch("/_render/template", "", jsoncodec.dumps(spec))
+    up = await ctx.fetch("/_render/template", "", jsoncodec.dumps(spec), json_body=True)
     if up is None or up.status != 200:
         return None
     try:

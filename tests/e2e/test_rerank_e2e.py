@@ -307,3 +307,24 @@ def test_compressed_requests_are_reranked_too(stack: Stack, scifact: SciFact) ->
         gzipped.close()
     assert "_engine_score" in b["hits"]["hits"][0]["fields"]
     assert [h["_id"] for h in b["hits"]["hits"]] == [h["_id"] for h in a["hits"]["hits"]]
+
+
+def test_msearch_template_items_are_reranked(clients: Any, scifact: SciFact) -> None:
+    direct, proxied = clients
+    q1, q2 = _queries(scifact, 2)
+    template = {"source": {"query": {"match": {"text": "{{q}}"}}, "size": 5}}
+    items = [
+        {"index": SCIFACT_INDEX},
+        {**template, "params": {"q": q1}},
+        {"index": SCIFACT_INDEX},
+        {**template, "params": {"q": q2}},
+    ]
+    got = _body(proxied.msearch_template(body=items))["responses"]
+    engine = _body(direct.msearch_template(body=items))["responses"]
+    plain = _body(
+        proxied.search(index=SCIFACT_INDEX, body={"query": {"match": {"text": q2}}, "size": 5})
+    )
+    assert len(got) == 2
+    assert all("_engine_score" in r["hits"]["hits"][0]["fields"] for r in got)
+    assert [h["_id"] for h in got[1]["hits"]["hits"]] == [h["_id"] for h in plain["hits"]["hits"]]
+    assert [r["hits"]["total"] for r in got] == [r["hits"]["total"] for r in engine]
