@@ -106,7 +106,12 @@ def mxbai(model_dir: Path, device: str, dtype: Any, max_length: int) -> Scorer:
 
 
 def ours(
-    model_dir: Path, backend: str, device: str, max_length: int, batch_size: int = 0
+    model_dir: Path,
+    backend: str,
+    device: str,
+    max_length: int,
+    batch_size: int = 0,
+    compile: bool = False,
 ) -> Scorer:
     from proxy.config import ModelConfig
     from proxy.rerank.base import load_backend
@@ -117,6 +122,8 @@ def ours(
         backend=backend,
         device=device,
         batch_size=batch_size,  # type: ignore[arg-type]
+        compile=compile,
+        max_length=max_length,
     )
     model = load_backend(cfg)
     return lambda q, docs: model.score_pairs([(q, d) for d in docs], max_length)
@@ -132,6 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--model-dir", type=Path, default=None)
     parser.add_argument("--backends", default=None, help="comma list (default per device)")
+    parser.add_argument(
+        "--compile", default="", help="torch backends to add again with model.compile (comma list)"
+    )
     parser.add_argument("--batch-sizes", default="", help="extra torch rows at these batch sizes")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args(argv)
@@ -207,6 +217,14 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
 
+    for b in filter(None, args.compile.split(",")):
+        competitors.append(
+            (
+                f"rerank-proxy {b} + compile",
+                precisions[b],
+                lambda b=b: ours(model_dir, b, args.device, args.max_length, compile=True),
+            )
+        )
     for bs in filter(None, args.batch_sizes.split(",")):
         competitors.append(
             (
