@@ -8,8 +8,6 @@ them (aiohttp's request decompression is switched off in `make_runner`).
 
 from __future__ import annotations
 
-import asyncio
-import json
 import logging
 import time
 from collections.abc import AsyncIterable, AsyncIterator
@@ -22,7 +20,7 @@ from .config import Config
 from .errors import UpstreamError, UpstreamUnavailable, es_error_body
 from .metrics import Metrics
 from .rerank.base import Reranker
-from .routing import ADMIN_PREFIX, classify, split_path_query, without_params
+from .routing import ADMIN_PREFIX, classify, split_path_query
 from .upstream import Upstream, iter_stream, request_headers, response_headers
 
 logger = logging.getLogger(__name__)
@@ -203,10 +201,6 @@ async def handle(request: web.Request) -> web.StreamResponse:
             )
 
 
-def strip_proxy_params(raw_query: str) -> str:
-    return without_params(raw_query, PROXY_PARAMS)
-
-
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     upstream = app[UPSTREAM]
     await upstream.start()
@@ -247,12 +241,3 @@ def make_runner(app: web.Application, *, shutdown_timeout: float = 30.0) -> web.
         access_log=None,
         shutdown_timeout=shutdown_timeout,
     )
-
-
-def json_dumps(value: object) -> str:
-    return json.dumps(value, ensure_ascii=False)
-
-
-async def wait_closed(runner: web.AppRunner, stop: asyncio.Event) -> None:
-    await stop.wait()
-    await runner.cleanup()

@@ -447,14 +447,6 @@ def load_config(path: str | Path) -> Config:
     return parse_config(raw, name)
 
 
-def with_overrides(cfg: Config, **changes: Any) -> Config:
-    """Return cfg with top-level sections replaced (used by the CLI for flags/env)."""
-    return dataclasses.replace(cfg, **changes)
-
-
-# -- templates and rule resolution -----------------------------------------------------
-
-
 def template_fields(template: str) -> tuple[str, ...]:
     """Field paths named in a `{field}` template; raise ValueError if it is malformed.
 

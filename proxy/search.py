@@ -10,7 +10,6 @@ filtering and its `filter_path`.
 
 from __future__ import annotations
 
-import copy
 import math
 import re
 import string
@@ -397,7 +396,3 @@ def client_view(doc: dict[str, Any], plan: SearchPlan, *, apply_path: bool = Tru
     if apply_path and plan.filter_path:
         return apply_filter_path(doc, plan.filter_path)
     return doc
-
-
-def deep_copy(doc: Any) -> Any:
-    return copy.deepcopy(doc)
