@@ -22,8 +22,17 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from . import jsoncodec
-from .app import CONFIG, METRICS, RERANKER, UPSTREAM, Outcome, error_response, forward
-from .config import resolve_rule, split_targets
+from .app import (
+    CONFIG,
+    METRICS,
+    PROXY_PARAMS,
+    RERANKER,
+    UPSTREAM,
+    Outcome,
+    error_response,
+    forward,
+)
+from .config import RuleConfig, resolve_rule, split_targets
 from .errors import RerankError, RerankOverloaded, RerankTimeout, UpstreamError
 from .rerank.base import check_scores
 from .routing import Route, parse_params, split_path_query, without_params
@@ -120,7 +129,7 @@ class _Ctx:
         self.outcome.rerank, self.outcome.reason = status, reason
         if status == "failed":
             logger.warning("rerank failed open (%s) for %s", reason, self.path)
-        query = without_params(self.raw_query, frozenset({"rerank"}))
+        query = without_params(self.raw_query, PROXY_PARAMS)
         return await forward(self.request, self.outcome, body=self.raw_body, raw_query=query)
 
     async def fetch(
@@ -212,22 +221,24 @@ async def rerank_request(
 ) -> web.StreamResponse:
     # Decisions that need no body: stream the request through without buffering it.
     reason = None
+    single = route.kind in ("search", "search_template")
+    rule = resolve_rule(request.app[CONFIG], route.targets) if single else None
     if request.headers.get("X-Rerank", "").lower() in ("off", "false", "0"):
         reason = "client_off"
-    elif route.kind in ("search", "search_template"):
-        rule = resolve_rule(request.app[CONFIG], route.targets)
+    elif single:
         reason = "mixed_rules" if rule is None else None if rule.enabled else "disabled"
     if reason is not None:
         outcome.rerank, outcome.reason = "skipped", reason
-        query = without_params(split_path_query(request.raw_path)[1], frozenset({"rerank"}))
+        query = without_params(split_path_query(request.raw_path)[1], PROXY_PARAMS)
         return await forward(request, outcome, raw_query=query)
     made = await _make_ctx(request, outcome)
     if not isinstance(made, _Ctx):
         return made
     ctx = made
     try:
-        if route.kind in ("search", "search_template"):
-            return await _single(ctx, route)
+        if single:
+            assert rule is not None  # mixed rules were passed through above
+            return await _single(ctx, route, rule)
         return await _multi(ctx, route)
     except UpstreamError as exc:
         logger.warning("upstream request failed: %s", exc)
@@ -253,11 +264,7 @@ async def _render(ctx: _Ctx, template: Any) -> Any | None:
         return None
 
 
-async def _single(ctx: _Ctx, route: Route) -> web.StreamResponse:
-    cfg = ctx.app[CONFIG]
-    rule = resolve_rule(cfg, route.targets)
-    if rule is None:  # pragma: no cover - decided before buffering in rerank_request
-        return await ctx.pass_through("skipped", "mixed_rules")
+async def _single(ctx: _Ctx, route: Route, rule: RuleConfig) -> web.StreamResponse:
     decoded = _decoded_body(ctx)
     p = dict(ctx.params)
     try:
@@ -360,7 +367,7 @@ async def _multi(ctx: _Ctx, route: Route) -> web.StreamResponse:
         reasons = sorted({p.reason for p in plans if isinstance(p, Skip)})
         return await ctx.pass_through("skipped", "+".join(reasons))
     params = [(k, v) for k, v in ctx.params if k == "filter_path"]
-    query = without_params(ctx.raw_query, frozenset({"filter_path", "rerank"}))
+    query = without_params(ctx.raw_query, PROXY_PARAMS | {"filter_path"})
     path = ctx.path[: -len("/template")] if templated else ctx.path
     up = await ctx.fetch(path, query, b"\n".join(out_lines) + b"\n")
     if up is None or not 200 <= up.status < 300:
