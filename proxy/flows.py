@@ -212,7 +212,8 @@ async def _make_ctx(request: web.Request, outcome: Outcome) -> _Ctx | web.Stream
         raw = await _read_bounded(request, cfg.upstream.max_buffer_bytes)
     except _TooLarge as big:
         outcome.rerank, outcome.reason = "skipped", "body_too_large"
-        return await forward(request, outcome, body=_prefixed(big.prefix, request))
+        query = without_params(query, PROXY_PARAMS)  # the engine would reject `rerank=`
+        return await forward(request, outcome, body=_prefixed(big.prefix, request), raw_query=query)
     return _Ctx(request, outcome, raw, path, query, parse_params(query))
 
 
