@@ -1,7 +1,10 @@
 """PyTorch backend: transformers' AutoModelForSequenceClassification.
 
 fp32 on CPU (the published checkpoint is fp16, which is several times slower on CPU), fp16 on
-CUDA, bf16 on CPU as an explicit, approximate choice. Score = sigmoid(logit), as mixedbread's
+CUDA, bf16 on CPU as an explicit, approximate choice. bf16 is mixed precision: the weights
+stay fp32 and matrix products run in bf16 under autocast, while layer norms, softmax and the
+residual stream stay fp32; on the stand-in this is about 4x closer to the fp32 scores than
+casting the whole model to bf16, at about 5% of the speed. Score = sigmoid(logit), as mixedbread's
 `mxbai-rerank` and sentence-transformers' `CrossEncoder` compute it.
 """
 
@@ -36,7 +39,11 @@ class TorchBackend(Backend):
         self.device = device
         if device == "cpu":
             torch.set_num_threads(cpu_threads(threads))
-        torch_dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
+        # bf16 on CPU: fp32 weights, bf16 matrix products under autocast (see above).
+        self.autocast = dtype == "bf16" and device == "cpu"
+        torch_dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[
+            "fp32" if self.autocast else dtype
+        ]
         self.tokenizer = load_tokenizer(name)
         try:
             model = AutoModelForSequenceClassification.from_pretrained(name, dtype=torch_dtype)
@@ -58,7 +65,7 @@ class TorchBackend(Backend):
         pad_id = self.tokenizer.pad_token_id or 0
         order: list[int] = []
         outputs = []
-        with torch.inference_mode():
+        with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=self.autocast):
             # Results stay on the device until the end, so preparing the next batch on the
             # CPU overlaps the GPU's work on this one (one synchronisation per call).
             for idx in length_sorted_batches(encoded, self.batch_size):
