@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     tokens = token_counts(tokenizer, work, args.max_length)
     flops = sum(pair_flops(t, arch) for t in tokens)
     cuda = args.device == "cuda"
-    default_backends = "torch" if cuda else "torch,onnx,onnx-int8,torch-bf16"
+    default_backends = "torch" if cuda else "torch,onnx,onnx-int8,torch-bf16,openvino,openvino-bf16"
     backends = (args.backends or default_backends).split(",")
 
     peaks = {"fp32": matmul_peak(args.device, torch.float32)}
@@ -207,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
         "onnx": "fp32",
         "onnx-int8": "fp32",
         "torch-bf16": "bf16",
+        "openvino": "fp32",
+        "openvino-bf16": "bf16",
     }
     for b in backends:
         competitors.append(

@@ -26,7 +26,17 @@ import yaml
 
 ScoreMode = Literal["replace", "blend"]
 PassageMode = Literal["off", "max"]
-Backend = Literal["auto", "torch", "torch-fp32", "onnx", "onnx-int8", "torch-bf16", "fake"]
+Backend = Literal[
+    "auto",
+    "torch",
+    "torch-fp32",
+    "onnx",
+    "onnx-int8",
+    "torch-bf16",
+    "openvino",
+    "openvino-bf16",
+    "fake",
+]
 Device = Literal["auto", "cpu", "cuda"]
 LogFormat = Literal["text", "json"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
@@ -93,8 +103,8 @@ class ModelConfig:
         "auto",
         "Inference backend: `auto` (exact: torch fp16 on CUDA, ONNX Runtime fp32 on CPU when"
         " installed, else torch fp32), `torch`, `torch-fp32` (fp32 on CUDA too), `onnx`,"
-        " `onnx-int8` and `torch-bf16`"
-        " (approximate, opt-in), `fake` (tests).",
+        " `openvino` (OpenVINO fp32, CPU only), `onnx-int8`, `torch-bf16` and `openvino-bf16`"
+        " (approximate, opt-in; `openvino-bf16` needs a CPU with native bf16), `fake` (tests).",
     )
     device: Device = opt("auto", "`auto` picks CUDA when available, else CPU.")
     max_length: int = opt(512, "Token budget per (query, document) pair.", ge=8, le=512)

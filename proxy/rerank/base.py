@@ -63,6 +63,8 @@ _REGISTRY: dict[str, str] = {
     "torch-fp32": "proxy.rerank.torch_backend:load_torch_fp32",
     "onnx": "proxy.rerank.onnx_backend:load_onnx",
     "onnx-int8": "proxy.rerank.onnx_backend:load_onnx_int8",
+    "openvino": "proxy.rerank.openvino_backend:load_openvino",
+    "openvino-bf16": "proxy.rerank.openvino_backend:load_openvino_bf16",
     "fake": "proxy.rerank.fake:load_fake",
 }
 

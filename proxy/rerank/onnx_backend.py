@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import warnings
+from abc import abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -126,12 +127,17 @@ def onnx_model_path(model_dir: Path, *, int8: bool) -> Path:
     return q
 
 
-class OnnxBackend(Backend):
-    def __init__(
-        self, name: str, *, device: str, int8: bool, batch_size: int, threads: int
-    ) -> None:
-        import onnxruntime as ort
+class OnnxGraphBackend(Backend):
+    """What the ONNX Runtime and OpenVINO backends share: the model directory, the tokenizer
+    (`tokenizer.json` alone when present: no transformers, no torch), the fp32 ONNX graph and
+    the scoring loop. Subclasses load the graph into their runtime and implement `run_batch`.
+    """
 
+    #: the graph's input names (a batch feeds only these)
+    inputs: frozenset[str] = frozenset({"input_ids", "attention_mask"})
+
+    def _prepare(self, name: str, *, int8: bool = False) -> Path:
+        """Load the tokenizer; return the ONNX file (the model's own, else a cached export)."""
         model_dir = local_model_dir(name)
         if model_dir is None:
             raise model_load_error(name, FileNotFoundError("model files not available locally"))
@@ -139,21 +145,13 @@ class OnnxBackend(Backend):
         self.tokenizer: Any = (
             PairTokenizer(fast) if fast.exists() else load_tokenizer(str(model_dir))
         )
-        path = onnx_model_path(model_dir, int8=int8)
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = cpu_threads(threads)
-        opts.inter_op_num_threads = 1
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        providers = ["CPUExecutionProvider"]
-        if device == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
-            providers.insert(0, "CUDAExecutionProvider")
-        self.session: Any = ort.InferenceSession(str(path), opts, providers=providers)
-        self.inputs = {i.name for i in self.session.get_inputs()}
-        self.batch_size = default_batch_size(batch_size, device)
-        self.model_id = f"{name}|onnx|{'int8' if int8 else 'fp32'}"
+        return onnx_model_path(model_dir, int8=int8)
+
+    @abstractmethod
+    def run_batch(self, feed: dict[str, Any]) -> Any:
+        """Logits, shape (batch, labels), for one padded batch of int64 arrays."""
 
     def score_pairs(self, pairs: Sequence[tuple[str, str]], max_length: int) -> list[float]:
-
         if isinstance(self.tokenizer, PairTokenizer):
             encoded = self.tokenizer.encode_pairs(pairs, max_length)
         else:
@@ -162,11 +160,33 @@ class OnnxBackend(Backend):
         pad_id = self.tokenizer.pad_token_id or 0
         for idx in length_sorted_batches(encoded, self.batch_size):
             batch = pad_batch(encoded, idx, pad_id)
-            feed = {k: v for k, v in batch.items() if k in self.inputs}
-            logits = self.session.run(None, feed)[0]
+            logits = self.run_batch({k: v for k, v in batch.items() if k in self.inputs})
             for i, logit in zip(idx, logits[:, 0].tolist(), strict=True):
                 scores[i] = 1.0 / (1.0 + math.exp(-logit)) if logit > -700 else 0.0
         return scores
+
+
+class OnnxBackend(OnnxGraphBackend):
+    def __init__(
+        self, name: str, *, device: str, int8: bool, batch_size: int, threads: int
+    ) -> None:
+        import onnxruntime as ort
+
+        path = self._prepare(name, int8=int8)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = cpu_threads(threads)
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        providers = ["CPUExecutionProvider"]
+        if device == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        self.session: Any = ort.InferenceSession(str(path), opts, providers=providers)
+        self.inputs = frozenset(i.name for i in self.session.get_inputs())
+        self.batch_size = default_batch_size(batch_size, device)
+        self.model_id = f"{name}|onnx|{'int8' if int8 else 'fp32'}"
+
+    def run_batch(self, feed: dict[str, Any]) -> Any:
+        return self.session.run(None, feed)[0]
 
 
 def _load(cfg: ModelConfig, *, int8: bool) -> Backend:

@@ -54,9 +54,27 @@ def _ranks(values: list[float]) -> list[int]:
     return sorted(range(len(values)), key=lambda i: -values[i])
 
 
+def _skip_unless_available(backend: str) -> None:
+    """The OpenVINO backends need openvino installed, and bf16 a CPU that computes it."""
+    if not backend.startswith("openvino"):
+        return
+    openvino = pytest.importorskip("openvino")
+    from proxy.rerank.openvino_backend import cpu_has_bf16
+
+    if backend == "openvino-bf16" and not cpu_has_bf16(openvino.Core()):
+        pytest.skip("this CPU lacks native bf16 (openvino-bf16 refuses to load)")
+
+
 @pytest.mark.parametrize(
     ("backend", "tolerance"),
-    [("torch", 1e-5), ("onnx", 1e-5), ("onnx-int8", 0.25), ("torch-bf16", 0.06)],
+    [
+        ("torch", 1e-5),
+        ("onnx", 1e-5),
+        ("openvino", 1e-5),
+        ("onnx-int8", 0.25),
+        ("torch-bf16", 0.06),
+        ("openvino-bf16", 0.08),  # measured 5.5e-2 on the tiny stand-in
+    ],
 )
 def test_backend_matches_the_fp32_reference(
     backend: str,
@@ -67,6 +85,7 @@ def test_backend_matches_the_fp32_reference(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    _skip_unless_available(backend)
     monkeypatch.setenv("RERANK_PROXY_STATE", str(tmp_path))
     model = load_backend(_config(tiny_model, backend))
     got = model.score_pairs(pairs, MAX_LENGTH)
@@ -130,19 +149,27 @@ def test_pair_tokenizer_matches_transformers(
             assert [g["attention_mask"] for g in got] == [w["attention_mask"] for w in want]
 
 
-def test_onnx_backend_serves_without_torch_or_transformers(
-    tiny_model: Path, tmp_path: Path
+@pytest.mark.parametrize(
+    ("backend", "device", "cls"),
+    [("auto", "auto", "OnnxBackend"), ("openvino", "cpu", "OpenVinoBackend")],
+)
+def test_onnx_graph_backends_serve_without_torch_or_transformers(
+    backend: str, device: str, cls: str, tiny_model: Path, tmp_path: Path
 ) -> None:
-    # torch maps ~500 MB of CUDA libraries into the process: the ONNX path must not need it.
+    # torch maps ~500 MB of CUDA libraries into the process: the ONNX graph paths (ONNX
+    # Runtime, OpenVINO) must not need it.
     import os
     import subprocess
     import sys
 
+    _skip_unless_available(backend)
     code = (
         "import sys, dataclasses\n"
         "from proxy.config import ModelConfig\n"
         "from proxy.rerank.base import load_backend\n"
-        f"cfg = dataclasses.replace(ModelConfig(), name={str(tiny_model)!r}, backend='auto')\n"
+        "cfg = dataclasses.replace(\n"
+        f"    ModelConfig(), name={str(tiny_model)!r}, backend={backend!r}, device={device!r}\n"
+        ")\n"
         "b = load_backend(cfg)\n"
         "assert len(b.score_pairs([('q', 'a document')], 64)) == 1\n"
         "print(type(b).__name__, 'torch' in sys.modules, 'transformers' in sys.modules)\n"
@@ -152,4 +179,25 @@ def test_onnx_backend_serves_without_torch_or_transformers(
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.split() == ["OnnxBackend", "False", "False"]
+    assert proc.stdout.split() == [cls, "False", "False"]
+
+
+@pytest.mark.parametrize("backend", ["openvino", "openvino-bf16"])
+def test_openvino_refuses_cuda(backend: str, tmp_path: Path) -> None:
+    from proxy.errors import ModelLoadError
+
+    cfg = dataclasses.replace(_config(tmp_path, backend), device="cuda")
+    with pytest.raises(ModelLoadError, match=r"CPU only.*model\.device: cpu"):
+        load_backend(cfg)
+
+
+def test_openvino_bf16_refuses_a_cpu_without_native_bf16(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("openvino")
+    from proxy.errors import ModelLoadError
+    from proxy.rerank import openvino_backend
+
+    monkeypatch.setattr(openvino_backend, "cpu_has_bf16", lambda core: False)
+    with pytest.raises(ModelLoadError, match=r"lacks native bf16.*another backend"):
+        load_backend(_config(tmp_path, "openvino-bf16"))

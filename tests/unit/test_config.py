@@ -116,7 +116,7 @@ ONE_PROBLEM: list[tuple[str, str, str]] = [
         "backend-literal",
         "model: {backend: gpu}\n",
         "model.backend: must be one of 'auto', 'torch', 'torch-fp32', 'onnx', 'onnx-int8',"
-        " 'torch-bf16', 'fake', got 'gpu'",
+        " 'torch-bf16', 'openvino', 'openvino-bf16', 'fake', got 'gpu'",
     ),
     (
         "device-literal",
@@ -412,7 +412,7 @@ def test_several_problems_are_reported_together_in_order(write: Any) -> None:
         "proxy.yaml: listen.port: must be <= 65535",
         f"proxy.yaml: listen.hots: unknown key (known: {KNOWN_LISTEN})",
         "proxy.yaml: model.backend: must be one of 'auto', 'torch', 'torch-fp32', 'onnx',"
-        " 'onnx-int8', 'torch-bf16', 'fake', got 'gpu'",
+        " 'onnx-int8', 'torch-bf16', 'openvino', 'openvino-bf16', 'fake', got 'gpu'",
         "proxy.yaml: defaults.window: must be >= 1",
         "proxy.yaml: log_level: must be one of 'DEBUG', 'INFO', 'WARNING', 'ERROR', got 'LOUD'",
         "proxy.yaml: indices[0].window: must be >= 1",
@@ -787,7 +787,7 @@ def test_config_table_has_one_row_per_key() -> None:
         "| `defaults.fields` | a list of strings | `[]` |",
         "| `defaults.min_score` | a number or null | `null` |",
         "| `model.backend` | one of 'auto', 'torch', 'torch-fp32', 'onnx', 'onnx-int8',"
-        " 'torch-bf16', 'fake' |",
+        " 'torch-bf16', 'openvino', 'openvino-bf16', 'fake' |",
         "| `indices` | list of rules | `[]` | Index rules, first match wins (exact names first). |",
         "| `upstream.verify_tls` | true or false | `True` |",
     ],
