@@ -72,7 +72,6 @@ async def _serve(cfg: Config) -> None:
 
     from .app import create_app, make_runner
     from .rerank.base import load_backend, resolve_backend_name
-    from .rerank.device import pick_device
     from .rerank.service import RerankService
     from .rerank.standin import is_standin
 
@@ -93,7 +92,7 @@ async def _serve(cfg: Config) -> None:
         )
     # On CPU a group bigger than a couple of batches only makes every search in it wait for
     # the slowest (bench.search); on GPU large groups are what make batching pay.
-    on_gpu = pick_device(cfg.model.device) == "cuda"
+    on_gpu = backend.device == "cuda"
     service = RerankService(
         backend,
         batch_wait_ms=cfg.model.batch_wait_ms,

@@ -37,6 +37,8 @@ class Backend(ABC):
     model_id: str = "backend"
     #: pairs per forward pass
     batch_size: int = 8
+    #: where the forward passes run: "cpu" or "cuda" (sizes the service's groups)
+    device: str = "cpu"
 
     @abstractmethod
     def score_pairs(self, pairs: Sequence[tuple[str, str]], max_length: int) -> list[float]:

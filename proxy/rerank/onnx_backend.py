@@ -180,9 +180,10 @@ class OnnxBackend(OnnxGraphBackend):
         providers = ["CPUExecutionProvider"]
         if device == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")
+            self.device = "cuda"
         self.session: Any = ort.InferenceSession(str(path), opts, providers=providers)
         self.inputs = frozenset(i.name for i in self.session.get_inputs())
-        self.batch_size = default_batch_size(batch_size, device)
+        self.batch_size = default_batch_size(batch_size, self.device)
         self.model_id = f"{name}|onnx|{'int8' if int8 else 'fp32'}"
 
     def run_batch(self, feed: dict[str, Any]) -> Any:

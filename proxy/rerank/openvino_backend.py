@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ModelLoadError
 from .base import Backend
-from .device import cpu_threads, default_batch_size, pick_device
+from .device import cpu_threads, default_batch_size
 from .hf import model_load_error
 from .onnx_backend import OnnxGraphBackend, cache_root
 
@@ -80,10 +80,11 @@ class OpenVinoBackend(OnnxGraphBackend):
 
 def _load(cfg: ModelConfig, precision: str) -> Backend:
     backend = "openvino" if precision == "fp32" else f"openvino-{precision}"
-    if pick_device(cfg.device) == "cuda":
+    # OpenVINO runs on the CPU: `auto` means the CPU here; only an explicit cuda is refused.
+    if cfg.device == "cuda":
         raise ModelLoadError(
             f"model.backend {backend} runs on the CPU only, but model.device resolved to cuda;"
-            " set model.device: cpu, or choose a CUDA backend (`torch`, `torch-fp32`)."
+            " set model.device: cpu or auto, or choose a CUDA backend (`torch`, `torch-fp32`)."
         )
     try:
         import openvino  # noqa: F401

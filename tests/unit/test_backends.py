@@ -201,3 +201,17 @@ def test_openvino_bf16_refuses_a_cpu_without_native_bf16(
     monkeypatch.setattr(openvino_backend, "cpu_has_bf16", lambda core: False)
     with pytest.raises(ModelLoadError, match=r"lacks native bf16.*another backend"):
         load_backend(_config(tmp_path, "openvino-bf16"))
+
+
+def test_openvino_with_device_auto_runs_on_the_cpu_even_where_a_gpu_is_seen(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("openvino")
+    from proxy.rerank import device
+
+    monkeypatch.setenv("RERANK_PROXY_STATE", str(tmp_path))
+    monkeypatch.setattr(device, "cuda_device_count", lambda: 1)
+    assert device.pick_device("auto") == "cuda"
+    model = load_backend(dataclasses.replace(_config(tiny_model, "openvino"), device="auto"))
+    assert model.device == "cpu"  # the service sizes its groups for a CPU
+    assert len(model.score_pairs([("q", "a document")], 64)) == 1
