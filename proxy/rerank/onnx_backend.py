@@ -41,7 +41,14 @@ logger = logging.getLogger(__name__)
 
 
 def cache_root() -> Path:
-    base = os.environ.get("RERANK_PROXY_STATE") or Path.home() / ".cache" / "rerank-proxy"
+    """Where ONNX exports go: $RERANK_PROXY_CACHE (the documented setting; the container
+    image points it at the model volume), else $RERANK_PROXY_STATE (the development
+    scripts' state directory), else ~/.cache/rerank-proxy."""
+    base = (
+        os.environ.get("RERANK_PROXY_CACHE")
+        or os.environ.get("RERANK_PROXY_STATE")
+        or Path.home() / ".cache" / "rerank-proxy"
+    )
     return Path(base) / "onnx"
 
 

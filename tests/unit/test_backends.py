@@ -215,3 +215,17 @@ def test_openvino_with_device_auto_runs_on_the_cpu_even_where_a_gpu_is_seen(
     model = load_backend(dataclasses.replace(_config(tiny_model, "openvino"), device="auto"))
     assert model.device == "cpu"  # the service sizes its groups for a CPU
     assert len(model.score_pairs([("q", "a document")], 64)) == 1
+
+
+def test_export_cache_location(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from proxy.rerank.onnx_backend import cache_root
+
+    # The container image sets RERANK_PROXY_CACHE (its model volume); it wins.
+    monkeypatch.setenv("RERANK_PROXY_CACHE", str(tmp_path / "volume"))
+    monkeypatch.setenv("RERANK_PROXY_STATE", str(tmp_path / "state"))
+    assert cache_root() == tmp_path / "volume" / "onnx"
+    monkeypatch.delenv("RERANK_PROXY_CACHE")
+    assert cache_root() == tmp_path / "state" / "onnx"
+    monkeypatch.delenv("RERANK_PROXY_STATE")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cache_root() == tmp_path / "home" / ".cache" / "rerank-proxy" / "onnx"
