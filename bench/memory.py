@@ -27,7 +27,7 @@ from bench import common
 from bench.common import log, md_table
 
 TARGET_BYTES = 1_000_000_000  # 1 GB
-BACKENDS = ("auto", "torch", "onnx", "onnx-int8", "torch-bf16")
+BACKENDS = ("auto", "torch", "onnx", "onnx-int8", "torch-bf16", "openvino", "openvino-bf16")
 WINDOW = 20
 ALIAS = "bench-mem"
 MB = 1_000_000

@@ -16,7 +16,9 @@ import dataclasses
 import json
 import platform
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -78,6 +80,24 @@ def run(scorer: Scorer, work: list[tuple[str, list[str]]]) -> tuple[float, list[
     return time.perf_counter() - t0, scores
 
 
+def run_worker(argv: list[str], name: str) -> tuple[float, list[list[float]]]:
+    """Time one engine in a fresh process: `python -m bench.model --worker NAME ...`.
+
+    One process per engine and round, as the proxy runs one backend per process: engines
+    sharing a process disturb each other (torch backends ran 10-25% slower with
+    CrossEncoder's large batches interleaved in the same process: allocator and thread-pool
+    state), so each gets a clean one."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "out.json"
+        cmd = [sys.executable, "-m", "bench.model", *argv, "--worker", name, "--json", str(out)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if proc.returncode != 0 or not out.exists():
+            lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+            raise RuntimeError(lines[-1] if lines else f"exit {proc.returncode}")
+        result = json.loads(out.read_text())
+    return result["elapsed"], result["scores"]
+
+
 def top_overlap(a: list[float], b: list[float], k: int = 10) -> float:
     top = lambda s: set(sorted(range(len(s)), key=lambda i: -s[i])[:k])  # noqa: E731
     return len(top(a) & top(b)) / min(k, len(a))
@@ -129,6 +149,60 @@ def ours(
     return lambda q, docs: model.score_pairs([(q, d) for d in docs], max_length)
 
 
+def competitor_table(
+    args: argparse.Namespace, model_dir: Path
+) -> dict[str, tuple[str, Callable[[], Scorer]]]:
+    """Engine name -> (precision of its matrix products, how to build it)."""
+    import torch
+
+    cuda = args.device == "cuda"
+    table: dict[str, tuple[str, Callable[[], Scorer]]] = {
+        # The fp32 reference for fidelity and speed: CrossEncoder forced to fp32.
+        REFERENCE: (
+            "fp32",
+            lambda: cross_encoder(model_dir, args.device, torch.float32, args.max_length),
+        ),
+    }
+    if cuda:
+        table["CrossEncoder (its default dtype)"] = (
+            "fp16",
+            lambda: cross_encoder(model_dir, "cuda", None, args.max_length),
+        )
+    mx_dtype: Any = "auto" if cuda else torch.float32
+    table[f"mxbai-rerank ({'auto dtype' if cuda else 'fp32'})"] = (
+        "fp16" if cuda else "fp32",
+        lambda: mxbai(model_dir, args.device, mx_dtype, args.max_length),
+    )
+    precisions = {
+        "torch": "fp16" if cuda else "fp32",
+        "onnx": "fp32",
+        "onnx-int8": "fp32",
+        "torch-bf16": "bf16",
+        "openvino": "fp32",
+        "openvino-bf16": "bf16",
+    }
+    default_backends = "torch" if cuda else ",".join(precisions)
+    for b in (args.backends or default_backends).split(","):
+        table[f"rerank-proxy {b}"] = (
+            precisions[b],
+            lambda b=b: ours(model_dir, b, args.device, args.max_length),
+        )
+    for b in filter(None, args.compile.split(",")):
+        table[f"rerank-proxy {b} + compile"] = (
+            precisions[b],
+            lambda b=b: ours(model_dir, b, args.device, args.max_length, compile=True),
+        )
+    for bs in filter(None, args.batch_sizes.split(",")):
+        table[f"rerank-proxy torch bs={bs}"] = (
+            precisions["torch"],
+            lambda bs=int(bs): ours(model_dir, "torch", args.device, args.max_length, bs),
+        )
+    return table
+
+
+REFERENCE = "CrossEncoder fp32 (reference)"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -143,28 +217,37 @@ def main(argv: list[str] | None = None) -> int:
         "--compile", default="", help="torch backends to add again with model.compile (comma list)"
     )
     parser.add_argument("--batch-sizes", default="", help="extra torch rows at these batch sizes")
+    parser.add_argument(
+        "--rounds", type=int, default=2, help="runs per engine, order reversed each round"
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    raw_argv = list(sys.argv[1:] if argv is None else argv)
 
     import torch
     from transformers import AutoConfig, AutoTokenizer
 
     model_dir = args.model_dir or data.exact_model()
     work = data.workload(args.queries, args.window)
+    table = competitor_table(args, model_dir)
+    if args.worker is not None:  # one engine, timed in this fresh process
+        elapsed, scores = run(table[args.worker][1](), work)
+        assert args.json is not None
+        args.json.write_text(json.dumps({"elapsed": elapsed, "scores": scores}))
+        return 0
+
     n_pairs = sum(len(d) for _, d in work)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     arch = AutoConfig.from_pretrained(model_dir).to_dict()
     tokens = token_counts(tokenizer, work, args.max_length)
     flops = sum(pair_flops(t, arch) for t in tokens)
     cuda = args.device == "cuda"
-    default_backends = "torch" if cuda else "torch,onnx,onnx-int8,torch-bf16,openvino,openvino-bf16"
-    backends = (args.backends or default_backends).split(",")
-
-    peaks = {"fp32": matmul_peak(args.device, torch.float32)}
-    if cuda:
-        peaks["fp16"] = matmul_peak(args.device, torch.float16)
-    else:
-        peaks["bf16"] = matmul_peak(args.device, torch.bfloat16)
+    peak_dtypes = {
+        "fp32": torch.float32,
+        ("fp16" if cuda else "bf16"): (torch.float16 if cuda else torch.bfloat16),
+    }
+    peaks = {k: matmul_peak(args.device, v) for k, v in peak_dtypes.items()}
     print(
         f"# model benchmark — {platform.node()} {args.device}"
         + (
@@ -174,79 +257,53 @@ def main(argv: list[str] | None = None) -> int:
         )
         + f"\n{len(work)} SciFact queries x {args.window} BM25 hits = {n_pairs} pairs,"
         f" max_length {args.max_length}, mean {statistics.mean(tokens):.0f} tokens/pair,"
-        f" {flops / n_pairs / 1e9:.2f} GFLOP/pair; matmul peak "
+        f" {flops / n_pairs / 1e9:.2f} GFLOP/pair; each engine in its own process,"
+        f" {args.rounds} rounds in alternating order (median time)",
+        flush=True,
+    )
+    worker_argv: list[str] = []  # the same options, less --json
+    skip = False
+    for a in raw_argv:
+        if skip or a.startswith("--json="):
+            skip = False
+            continue
+        skip = a == "--json"
+        if not skip:
+            worker_argv.append(a)
+    names = list(table)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    all_scores: dict[str, list[list[float]]] = {}
+    failed: dict[str, str] = {}
+    for r in range(args.rounds):
+        for name in names if r % 2 == 0 else names[::-1]:
+            if name in failed:
+                continue
+            try:
+                elapsed, scores = run_worker(worker_argv, name)
+            except RuntimeError as exc:
+                if name == REFERENCE:
+                    raise
+                failed[name] = str(exc)
+                print(f"- {name}: not run ({exc})", flush=True)
+                continue
+            times[name].append(elapsed)
+            all_scores.setdefault(name, scores)
+            print(f"- round {r + 1}: {name}: {n_pairs / elapsed:.1f} pairs/s", flush=True)
+    # The peak again after the runs; the higher of the two (the machine's speed drifts).
+    for k, v in peak_dtypes.items():
+        peaks[k] = max(peaks[k], matmul_peak(args.device, v))
+    print(
+        "matmul peak (higher of before and after): "
         + ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in peaks.items()),
         flush=True,
     )
-    # The fp32 reference for fidelity: CrossEncoder forced to fp32.
-    ref_scorer = cross_encoder(model_dir, args.device, torch.float32, args.max_length)
-    ref_time, reference = run(ref_scorer, work)
-    del ref_scorer
+    ref_time, reference = statistics.median(times[REFERENCE]), all_scores[REFERENCE]
     rows: list[dict[str, Any]] = []
-    competitors: list[tuple[str, str, Callable[[], Scorer] | None]] = [
-        ("CrossEncoder fp32 (reference)", "fp32", None),
-    ]
-    if cuda:
-        competitors.append(
-            (
-                "CrossEncoder (its default dtype)",
-                "fp16",
-                lambda: cross_encoder(model_dir, "cuda", None, args.max_length),
-            )
-        )
-    mx_dtype: Any = "auto" if cuda else torch.float32
-    competitors.append(
-        (
-            f"mxbai-rerank ({'auto dtype' if cuda else 'fp32'})",
-            "fp16" if cuda else "fp32",
-            lambda: mxbai(model_dir, args.device, mx_dtype, args.max_length),
-        )
-    )
-    precisions = {
-        "torch": "fp16" if cuda else "fp32",
-        "onnx": "fp32",
-        "onnx-int8": "fp32",
-        "torch-bf16": "bf16",
-        "openvino": "fp32",
-        "openvino-bf16": "bf16",
-    }
-    for b in backends:
-        competitors.append(
-            (
-                f"rerank-proxy {b}",
-                precisions[b],
-                lambda b=b: ours(model_dir, b, args.device, args.max_length),
-            )
-        )
-
-    for b in filter(None, args.compile.split(",")):
-        competitors.append(
-            (
-                f"rerank-proxy {b} + compile",
-                precisions[b],
-                lambda b=b: ours(model_dir, b, args.device, args.max_length, compile=True),
-            )
-        )
-    for bs in filter(None, args.batch_sizes.split(",")):
-        competitors.append(
-            (
-                f"rerank-proxy torch bs={bs}",
-                precisions["torch"],
-                lambda bs=int(bs): ours(model_dir, "torch", args.device, args.max_length, bs),
-            )
-        )
-
-    for name, precision, make in competitors:
-        if make is None:
-            elapsed, scores = ref_time, reference
-        else:
-            try:
-                scorer = make()
-                elapsed, scores = run(scorer, work)
-                del scorer
-            except Exception as exc:
-                print(f"- {name}: not run ({type(exc).__name__}: {exc})", flush=True)
-                continue
+    for name in names:
+        if name in failed:
+            continue
+        elapsed, scores = statistics.median(times[name]), all_scores[name]
+        precision = table[name][0]
         pairs = zip(scores, reference, strict=True)
         diffs = [abs(a - b) for s, r in pairs for a, b in zip(s, r, strict=True)]
         overlaps = [top_overlap(s, r) for s, r in zip(scores, reference, strict=True)]
@@ -260,9 +317,9 @@ def main(argv: list[str] | None = None) -> int:
                 "top10_overlap_min": min(overlaps),
                 "peak_fraction": flops / elapsed / peaks.get(precision, peaks["fp32"]),
                 "peak": precision if precision in peaks else "fp32",
+                "seconds_per_round": times[name],
             }
         )
-        print(f"- {name}: {n_pairs / elapsed:.1f} pairs/s", flush=True)
 
     print(
         "\n| engine | pairs/s | x CrossEncoder | max abs diff vs fp32 | top-10 overlap mean (min) | % of matmul peak |"

@@ -48,3 +48,27 @@ def default_batch_size(batch_size: int, device: str) -> int:
     if batch_size > 0:
         return batch_size
     return 64 if device == "cuda" else 8
+
+
+#: mallopt(3) parameters (glibc's malloc.h)
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+
+
+def keep_freed_memory(limit: int = 1 << 30) -> bool:
+    """Have glibc keep freed blocks of up to `limit` bytes for reuse.
+
+    By default glibc serves every large allocation (from 128 KB, rising to at most 32 MB)
+    with its own mmap and unmaps it on free, so each PyTorch forward pass on the CPU
+    page-faults and zeroes its activations afresh (tens of MB per batch; more with bf16,
+    which adds cast copies). Keeping them: torch fp32 +22%, torch bf16 +57% pairs/s on the
+    benchmark machine (bench/RESULTS.md). The cost is that RSS stays at the peak of one
+    batch instead of falling back between batches. Returns False where it does not apply
+    (not glibc).
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, limit)) and bool(mallopt(_M_TRIM_THRESHOLD, 2 * limit))

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from .base import Backend
-from .device import cpu_threads, default_batch_size, pick_device
+from .device import cpu_threads, default_batch_size, keep_freed_memory, pick_device
 from .hf import length_sorted_batches, load_tokenizer, model_load_error, pad_batch, tokenize_pairs
 
 if TYPE_CHECKING:
@@ -39,6 +39,7 @@ class TorchBackend(Backend):
         self.device = device
         if device == "cpu":
             torch.set_num_threads(cpu_threads(threads))
+            keep_freed_memory()  # activations reused, not re-faulted, batch after batch
         # bf16 on CPU: fp32 weights, bf16 matrix products under autocast (see above).
         self.autocast = dtype == "bf16" and device == "cpu"
         torch_dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[

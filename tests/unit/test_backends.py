@@ -229,3 +229,18 @@ def test_export_cache_location(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.delenv("RERANK_PROXY_STATE")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert cache_root() == tmp_path / "home" / ".cache" / "rerank-proxy" / "onnx"
+
+
+def test_torch_on_cpu_keeps_freed_memory_for_reuse(
+    tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import platform
+
+    from proxy.rerank import device, torch_backend
+
+    if platform.libc_ver()[0] == "glibc":
+        assert device.keep_freed_memory() is True  # mallopt accepted both settings
+    calls: list[int] = []
+    monkeypatch.setattr(torch_backend, "keep_freed_memory", lambda: calls.append(1) or True)
+    load_backend(_config(tiny_model, "torch"))
+    assert calls == [1]
