@@ -1,6 +1,6 @@
 """Memory benchmark: peak RSS of the proxy process per inference backend.
 
-    python -m bench.memory [--quick] [--backends auto,torch,onnx,onnx-int8,torch-bf16]
+    python -m bench.memory [--quick] [--backends auto,torch,onnx,onnx-int8,torch-bf16,...]
 
 For each backend: `python -m proxy serve` with the stand-in that has the exact
 mxbai-rerank-xsmall-v1 geometry (70.8M parameters; memory equals the real model's), then

@@ -1,12 +1,19 @@
 """Model benchmark: our inference backends vs sentence-transformers and mixedbread's package.
 
     python -m bench.model [--device cpu|cuda] [--queries 8] [--window 30] [--max-length 256]
+                          [--backends ...] [--rounds 2]
 
 Same run, same inputs (SciFact queries and their BM25 top `window` hits), same weights (the
 stand-in with the exact mxbai-rerank-xsmall-v1 geometry, so costs equal the real model's).
 Each engine scores one query's window per call, as the proxy does. Prints pairs/s, the ratio
 to `CrossEncoder.predict`, the max |score difference| to the fp32 reference, the top-10
 overlap per query, and the fraction of a matrix-multiply peak measured in the same run.
+
+Each engine runs in a fresh process of its own (as the proxy runs one backend), once per
+round, rounds in alternating order; its time is the median over rounds. Sharing one process
+distorted the figures (torch backends lost 10-25% behind CrossEncoder's allocations), and
+running engines one after another in a single pass let the machine's speed drift (10-20% over
+minutes on this shared VM) decide the ratios.
 """
 
 from __future__ import annotations
