@@ -96,6 +96,7 @@ def run_worker(argv: list[str], name: str) -> tuple[float, list[list[float]]]:
     state), so each gets a clean one."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "out.json"
+        # The caller's options as given; the trailing --json wins over any --json among them.
         cmd = [sys.executable, "-m", "bench.model", *argv, "--worker", name, "--json", str(out)]
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if proc.returncode != 0 or not out.exists():
@@ -156,6 +157,9 @@ def ours(
     return lambda q, docs: model.score_pairs([(q, d) for d in docs], max_length)
 
 
+REFERENCE = "CrossEncoder fp32 (reference)"
+
+
 def competitor_table(
     args: argparse.Namespace, model_dir: Path
 ) -> dict[str, tuple[str, Callable[[], Scorer]]]:
@@ -205,9 +209,6 @@ def competitor_table(
             lambda bs=int(bs): ours(model_dir, "torch", args.device, args.max_length, bs),
         )
     return table
-
-
-REFERENCE = "CrossEncoder fp32 (reference)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -268,29 +269,20 @@ def main(argv: list[str] | None = None) -> int:
         f" {args.rounds} rounds in alternating order (median time)",
         flush=True,
     )
-    worker_argv: list[str] = []  # the same options, less --json
-    skip = False
-    for a in raw_argv:
-        if skip or a.startswith("--json="):
-            skip = False
-            continue
-        skip = a == "--json"
-        if not skip:
-            worker_argv.append(a)
     names = list(table)
     times: dict[str, list[float]] = {n: [] for n in names}
     all_scores: dict[str, list[list[float]]] = {}
-    failed: dict[str, str] = {}
+    failed: set[str] = set()
     for r in range(args.rounds):
         for name in names if r % 2 == 0 else names[::-1]:
             if name in failed:
                 continue
             try:
-                elapsed, scores = run_worker(worker_argv, name)
+                elapsed, scores = run_worker(raw_argv, name)
             except RuntimeError as exc:
                 if name == REFERENCE:
                     raise
-                failed[name] = str(exc)
+                failed.add(name)
                 print(f"- {name}: not run ({exc})", flush=True)
                 continue
             times[name].append(elapsed)

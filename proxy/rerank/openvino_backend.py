@@ -83,7 +83,7 @@ def _load(cfg: ModelConfig, precision: str) -> Backend:
     # OpenVINO runs on the CPU: `auto` means the CPU here; only an explicit cuda is refused.
     if cfg.device == "cuda":
         raise ModelLoadError(
-            f"model.backend {backend} runs on the CPU only, but model.device resolved to cuda;"
+            f"model.backend {backend} runs on the CPU only, but model.device is cuda;"
             " set model.device: cpu or auto, or choose a CUDA backend (`torch`, `torch-fp32`)."
         )
     try:

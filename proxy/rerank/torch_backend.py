@@ -4,8 +4,8 @@ fp32 on CPU (the published checkpoint is fp16, which is several times slower on 
 CUDA, bf16 on CPU as an explicit, approximate choice. bf16 is mixed precision: the weights
 stay fp32 and matrix products run in bf16 under autocast, while layer norms, softmax and the
 residual stream stay fp32; on the stand-in this is about 4x closer to the fp32 scores than
-casting the whole model to bf16, at about 5% of the speed. Score = sigmoid(logit), as mixedbread's
-`mxbai-rerank` and sentence-transformers' `CrossEncoder` compute it.
+casting the whole model to bf16, for about 5% less speed. Score = sigmoid(logit), as
+mixedbread's `mxbai-rerank` and sentence-transformers' `CrossEncoder` compute it.
 """
 
 from __future__ import annotations
