@@ -71,15 +71,14 @@ async def _serve(cfg: Config) -> None:
     from yarl import URL
 
     from .app import create_app, make_runner
-    from .rerank.base import load_backend, resolve_backend_name
-    from .rerank.service import RerankService
+    from .rerank.base import BatchPolicy, load_backend, resolve_backend_name
+    from .rerank.front import RerankFront
+    from .rerank.local import LocalExecutor
     from .rerank.standin import is_standin
 
+    backend_name = resolve_backend_name(cfg.model)
     logger.info(
-        "loading model %s (backend %s, device %s)",
-        cfg.model.name,
-        resolve_backend_name(cfg.model),
-        cfg.model.device,
+        "loading model %s (backend %s, device %s)", cfg.model.name, backend_name, cfg.model.device
     )
     loop = asyncio.get_running_loop()
     backend = await loop.run_in_executor(None, load_backend, cfg.model)
@@ -90,17 +89,12 @@ async def _serve(cfg: Config) -> None:
             cfg.model.name,
             "mixedbread-ai/mxbai-rerank-xsmall-v1",
         )
-    # On CPU a group bigger than a couple of batches only makes every search in it wait for
-    # the slowest (bench.search); on GPU large groups are what make batching pay.
-    on_gpu = backend.device == "cuda"
-    service = RerankService(
-        backend,
-        batch_wait_ms=cfg.model.batch_wait_ms,
-        max_queue=cfg.model.max_queue,
-        cache_size=cfg.model.cache_size,
-        max_group=256 if on_gpu else 2 * backend.batch_size,
+    executor = LocalExecutor(backend, name=backend_name)
+    policy = BatchPolicy.for_model(
+        cfg.model, device=executor.device, batch_size=executor.batch_size
     )
-    app = create_app(cfg, reranker=service)
+    reranker = RerankFront(executor, policy, cache_size=cfg.model.cache_size)
+    app = create_app(cfg, reranker=reranker)
     runner = make_runner(app)
     await runner.setup()
     site = web.TCPSite(runner, cfg.listen.host, cfg.listen.port)

@@ -24,19 +24,10 @@ from urllib.parse import unquote, urlsplit
 
 import yaml
 
+from .rerank.registry import BACKEND_CHOICES
+
 ScoreMode = Literal["replace", "blend"]
 PassageMode = Literal["off", "max"]
-Backend = Literal[
-    "auto",
-    "torch",
-    "torch-fp32",
-    "onnx",
-    "onnx-int8",
-    "torch-bf16",
-    "openvino",
-    "openvino-bf16",
-    "fake",
-]
 Device = Literal["auto", "cpu", "cuda"]
 LogFormat = Literal["text", "json"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
@@ -49,9 +40,10 @@ def opt(
     ge: float | None = None,
     le: float | None = None,
     gt: float | None = None,
+    choices: tuple[str, ...] | None = None,
 ) -> Any:
-    """A config field with its description and numeric bounds."""
-    meta = {"help": help, "ge": ge, "le": le, "gt": gt}
+    """A config field with its description, numeric bounds and (for strings) choices."""
+    meta = {"help": help, "ge": ge, "le": le, "gt": gt, "choices": choices}
     if isinstance(default, (list, dict, tuple)) or dataclasses.is_dataclass(default):
         return field(default_factory=lambda: default, metadata=meta)
     return field(default=default, metadata=meta)
@@ -99,12 +91,13 @@ class ModelConfig:
         "mixedbread-ai/mxbai-rerank-xsmall-v1",
         "Hugging Face hub id or local directory of the cross-encoder.",
     )
-    backend: Backend = opt(
+    backend: str = opt(
         "auto",
         "Inference backend: `auto` (exact: torch fp16 on CUDA, ONNX Runtime fp32 on CPU when"
         " installed, else torch fp32), `torch`, `torch-fp32` (fp32 on CUDA too), `onnx`,"
         " `openvino` (OpenVINO fp32, CPU only), `onnx-int8`, `torch-bf16` and `openvino-bf16`"
         " (approximate, opt-in; `openvino-bf16` needs a CPU with native bf16), `fake` (tests).",
+        choices=BACKEND_CHOICES,
     )
     device: Device = opt("auto", "`auto` picks CUDA when available, else CPU.")
     max_length: int = opt(512, "Token budget per (query, document) pair.", ge=8, le=512)
@@ -112,6 +105,13 @@ class ModelConfig:
     threads: int = opt(0, "CPU threads for inference; 0 uses all cores.", ge=0)
     batch_wait_ms: float = opt(
         2.0, "How long a batch waits for pairs from concurrent searches.", ge=0, le=1000
+    )
+    max_group: int = opt(
+        0,
+        "Pairs handed to the model at once (one group, split into batches); 0 picks per"
+        " device: two batches on CPU (a bigger group only makes every search in it wait for"
+        " the slowest), 256 on CUDA (large groups are what make batching pay there).",
+        ge=0,
     )
     max_queue: int = opt(
         4096, "Pairs waiting for the model before new searches fail open (overload).", ge=1
@@ -177,6 +177,15 @@ class RuleConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class Rules:
+    """The index rules in force: what `resolve_rule` reads (reloadable, one snapshot per
+    request)."""
+
+    defaults: RuleConfig = RuleConfig()
+    indices: tuple[RuleConfig, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     listen: ListenConfig = opt(ListenConfig(), "Where the proxy listens.")
     upstream: UpstreamConfig = opt(UpstreamConfig(), "The cluster behind the proxy.")
@@ -188,6 +197,10 @@ class Config:
     access_log: bool = opt(
         True, "One INFO line per request (costs ~15% of pass-through CPU at high request rates)."
     )
+
+    @property
+    def rules(self) -> Rules:
+        return Rules(self.defaults, self.indices)
 
 
 # -- validation ------------------------------------------------------------------------
@@ -276,6 +289,9 @@ def _convert(tp: Any, value: Any, path: str, errors: list[str]) -> Any:
 
 
 def _check_bounds(meta: Mapping[str, Any], value: Any) -> None:
+    choices = meta.get("choices")
+    if choices is not None and value not in choices:
+        raise _Invalid(f"must be one of {', '.join(repr(c) for c in choices)}, got {_got(value)}")
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         return
     if meta.get("ge") is not None and value < meta["ge"]:
@@ -528,22 +544,22 @@ def _date_math_glob(name: str) -> str | None:
     return "".join(out)
 
 
-def _rule_for_one(cfg: Config, name: str) -> RuleConfig:
-    for rule in cfg.indices:
+def _rule_for_one(rules: Rules, name: str) -> RuleConfig:
+    for rule in rules.indices:
         if name in rule.match:
             return rule
     sample = _date_math_glob(name) or name
-    for rule in cfg.indices:
+    for rule in rules.indices:
         if any(fnmatch.fnmatchcase(sample, pat) for pat in rule.match if _is_pattern(pat)):
             return rule
-    return cfg.defaults
+    return rules.defaults
 
 
 def _is_pattern(pat: str) -> bool:
     return any(c in pat for c in "*?[")
 
 
-def resolve_rule(cfg: Config, targets: Sequence[str]) -> RuleConfig | None:
+def resolve_rule(rules: Rules, targets: Sequence[str]) -> RuleConfig | None:
     """The rule for a search over `targets`; None when they resolve to different rules.
 
     An empty target list (`/_search`) uses the rule for `_all`. Exclusions (`-logs`) do not
@@ -551,10 +567,10 @@ def resolve_rule(cfg: Config, targets: Sequence[str]) -> RuleConfig | None:
     guessed.
     """
     names = [t for t in targets if not t.startswith("-")] or ["_all"]
-    rules = {id(r): r for r in (_rule_for_one(cfg, n) for n in names)}
-    if len(rules) != 1:
+    found = {id(r): r for r in (_rule_for_one(rules, n) for n in names)}
+    if len(found) != 1:
         return None
-    return next(iter(rules.values()))
+    return next(iter(found.values()))
 
 
 def config_table() -> str:
@@ -583,7 +599,9 @@ def config_table() -> str:
                 else repr(list(default) if isinstance(default, tuple) else default)
             )
             text = f.metadata["help"].replace("|", "/")
-            rows.append(f"| `{key}` | {_type_name(tp)} | `{shown}` | {text} |")
+            choices = f.metadata.get("choices")
+            kind = _type_name(Literal[choices]) if choices else _type_name(tp)
+            rows.append(f"| `{key}` | {kind} | `{shown}` | {text} |")
 
     walk(Config, "")
     rows.append("")

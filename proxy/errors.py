@@ -7,7 +7,8 @@
     ├── RerankError              reranking failed; the search fails open
     │   ├── RerankTimeout        the rule's time budget ran out
     │   ├── RerankOverloaded     the inference queue is full
-    │   └── InvalidScores        NaN/inf scores or the wrong number of them
+    │   ├── InvalidScores        NaN/inf scores or the wrong number of them
+    │   └── NoReranker           no model is loaded
     └── ModelLoadError           the model could not be loaded at start
 
 Third-party exceptions are translated at the edges (`raise X(...) from exc`).
@@ -16,6 +17,8 @@ Third-party exceptions are translated at the edges (`raise X(...) from exc`).
 from __future__ import annotations
 
 import json
+
+from .outcome import Reason
 
 
 class ProxyError(Exception):
@@ -38,19 +41,23 @@ class UpstreamTimeout(UpstreamError):
 
 
 class RerankError(ProxyError):
-    reason = "error"
+    reason = Reason.ERROR
 
 
 class RerankTimeout(RerankError):
-    reason = "timeout"
+    reason = Reason.TIMEOUT
 
 
 class RerankOverloaded(RerankError):
-    reason = "overloaded"
+    reason = Reason.OVERLOADED
 
 
 class InvalidScores(RerankError):
-    reason = "invalid_scores"
+    reason = Reason.INVALID_SCORES
+
+
+class NoReranker(RerankError):
+    reason = Reason.NO_RERANKER
 
 
 class ModelLoadError(ProxyError):

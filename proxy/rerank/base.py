@@ -1,9 +1,17 @@
-"""The reranking interfaces and the backend registry.
+"""The reranking interfaces, the batching policy and backend loading.
 
-`Backend` is the synchronous model: it scores (query, document) pairs on the inference
-thread. `Reranker` is what the app awaits; `RerankService` (service.py) implements it with
-micro-batching and a score cache on top of one Backend. Adding a backend touches one new file
-and one line of `_REGISTRY`.
+Three layers, each knowing only the one below it:
+
+- `Reranker` is what the request path awaits: scores for a query's documents, a cache
+  lookup that never waits, a description and a health report. `front.RerankFront` implements
+  it (score cache, in-flight dedupe, queue bound, cross-request batching, stats).
+- `Executor` is the pluggable execution part the front hands groups of pairs to, awaited:
+  `local.LocalExecutor` runs a `Backend` on its inference thread; a remote inference server
+  is another `Executor` (an HTTP client) behind the same front.
+- `Backend` is a synchronous cross-encoder (torch, ONNX Runtime, OpenVINO, fake), never
+  called on the event loop. The names come from `registry.BACKENDS`.
+
+How the front batches is configuration (`BatchPolicy.for_model`), not a backend attribute.
 """
 
 from __future__ import annotations
@@ -11,10 +19,12 @@ from __future__ import annotations
 import importlib
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import InvalidScores
+from .registry import BACKENDS
 
 if TYPE_CHECKING:
     from ..config import ModelConfig
@@ -25,9 +35,46 @@ class Reranker(Protocol):
 
     model_id: str
 
-    async def score(self, query: str, docs: Sequence[str], *, max_length: int) -> list[float]: ...
+    def cached(self, query: str, docs: Sequence[str], *, max_length: int) -> list[float] | None:
+        """Every document's score from the cache, or None if any is missing (never waits)."""
+        ...
+
+    async def score(self, query: str, docs: Sequence[str], *, max_length: int) -> list[float]:
+        """One score per document, in order; raises `RerankError` subclasses to fail open."""
+        ...
+
+    def describe(self) -> Mapping[str, Any]:
+        """What runs behind it (model, backend, device, batching policy), for operators."""
+        ...
+
+    def health(self) -> Mapping[str, Any]:
+        """Whether it can score now (`loaded`) and how busy it is."""
+        ...
 
     async def close(self) -> None: ...
+
+
+class Executor(ABC):
+    """Scores one group of pairs, awaited; the front decides what goes in a group."""
+
+    #: stable identity of the weights and numerics (part of every cache key)
+    model_id: str = "executor"
+    #: where the forward passes run: "cpu", "cuda" or "remote"
+    device: str = "cpu"
+    #: pairs per forward pass (the default group is a couple of these on CPU)
+    batch_size: int = 8
+    #: groups it can run at once (one inference thread: 1; a remote server: more)
+    concurrency: int = 1
+
+    @abstractmethod
+    async def run(self, pairs: Sequence[tuple[str, str]], max_length: int) -> list[float]:
+        """Scores in (0, 1) for each (query, document) pair, in input order."""
+
+    def describe(self) -> dict[str, Any]:
+        return {"model": self.model_id, "device": self.device, "batch_size": self.batch_size}
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release resources."""
 
 
 class Backend(ABC):
@@ -37,7 +84,7 @@ class Backend(ABC):
     model_id: str = "backend"
     #: pairs per forward pass
     batch_size: int = 8
-    #: where the forward passes run: "cpu" or "cuda" (sizes the service's groups)
+    #: where the forward passes run: "cpu" or "cuda"
     device: str = "cpu"
 
     @abstractmethod
@@ -48,6 +95,25 @@ class Backend(ABC):
         """Release resources."""
 
 
+@dataclass(frozen=True, slots=True)
+class BatchPolicy:
+    """How the front groups pairs from concurrent searches before the executor sees them."""
+
+    wait_ms: float = 2.0  # how long a group waits for pairs from other searches
+    max_group: int = 256  # pairs handed to the executor at once
+    max_queue: int = 4096  # pairs waiting before new searches fail open (overload)
+
+    @classmethod
+    def for_model(cls, cfg: ModelConfig, *, device: str, batch_size: int) -> BatchPolicy:
+        """The configured policy; `max_group: 0` picks per device.
+
+        On CPU a group bigger than a couple of batches only makes every search in it wait
+        for the slowest (bench.search); on GPU large groups are what make batching pay.
+        """
+        group = cfg.max_group or (256 if device == "cuda" else 2 * batch_size)
+        return cls(wait_ms=cfg.batch_wait_ms, max_group=group, max_queue=cfg.max_queue)
+
+
 def check_scores(scores: Sequence[float], expected: int) -> list[float]:
     """Reject the wrong number of scores and NaN/inf (the search then fails open)."""
     if len(scores) != expected:
@@ -56,19 +122,6 @@ def check_scores(scores: Sequence[float], expected: int) -> list[float]:
     if not all(math.isfinite(s) for s in out):
         raise InvalidScores("model returned a non-finite score")
     return out
-
-
-# backend name -> "module:factory"; factories take (ModelConfig) and return a Backend.
-_REGISTRY: dict[str, str] = {
-    "torch": "proxy.rerank.torch_backend:load_torch",
-    "torch-bf16": "proxy.rerank.torch_backend:load_torch_bf16",
-    "torch-fp32": "proxy.rerank.torch_backend:load_torch_fp32",
-    "onnx": "proxy.rerank.onnx_backend:load_onnx",
-    "onnx-int8": "proxy.rerank.onnx_backend:load_onnx_int8",
-    "openvino": "proxy.rerank.openvino_backend:load_openvino",
-    "openvino-bf16": "proxy.rerank.openvino_backend:load_openvino_bf16",
-    "fake": "proxy.rerank.fake:load_fake",
-}
 
 
 def resolve_backend_name(cfg: ModelConfig) -> str:
@@ -89,6 +142,6 @@ def resolve_backend_name(cfg: ModelConfig) -> str:
 
 def load_backend(cfg: ModelConfig) -> Backend:
     """Load the configured backend (blocking: call before the port opens)."""
-    module_name, _, attr = _REGISTRY[resolve_backend_name(cfg)].partition(":")
+    module_name, _, attr = BACKENDS[resolve_backend_name(cfg)].partition(":")
     factory: Callable[[ModelConfig], Backend] = getattr(importlib.import_module(module_name), attr)
     return factory(cfg)

@@ -18,11 +18,13 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from proxy.app import METRICS, create_app, make_runner
+from proxy.app import create_app, make_runner
 from proxy.config import parse_config
-from proxy.rerank.base import Backend
+from proxy.keys import METRICS
+from proxy.rerank.base import Backend, BatchPolicy
 from proxy.rerank.fake import FakeBackend
-from proxy.rerank.service import RerankService
+from proxy.rerank.front import RerankFront
+from proxy.rerank.local import LocalExecutor
 from tests.conftest import SciFact
 
 from .conftest import SCIFACT_INDEX, proxy_config
@@ -54,11 +56,12 @@ async def _proxy(
     backend: Backend,
     *,
     max_queue: int = 4096,
-    service_class: type[RerankService] = RerankService,
+    service_class: type[RerankFront] = RerankFront,
     **rule: Any,
 ) -> AsyncIterator[tuple[str, web.Application]]:
     raw = proxy_config(engine_url, Path("unused"), **{"timeout_ms": 300, **rule})
-    service = service_class(backend, max_queue=max_queue, cache_size=0)
+    policy = BatchPolicy(max_queue=max_queue)
+    service = service_class(LocalExecutor(backend), policy, cache_size=0)
     app = create_app(parse_config(raw), reranker=service)
     runner = make_runner(app)
     await runner.setup()
@@ -121,7 +124,7 @@ async def test_single_search_gets_the_engines_answer(
                 assert (r.headers["X-Rerank"], r.headers["X-Rerank-Reason"]) == (status, reason)
                 got = await r.read()
                 assert r.headers["Content-Type"] == "application/json; charset=UTF-8"
-            assert app[METRICS].get(f"rerank_{status}_{reason}") == 1
+            assert app[METRICS].value("searches_total", outcome=status, reason=reason) == 1
     assert _no_took(got) == _no_took(direct)
     assert b"_engine_score" not in got
 
@@ -137,7 +140,7 @@ async def test_msearch_items_fail_open_one_by_one(engine_url: str, scifact: SciF
     body = "".join(json.dumps(x) + "\n" for x in lines).encode()
     headers = {"Content-Type": "application/x-ndjson"}
 
-    class FailsOnSecond(RerankService):
+    class FailsOnSecond(RerankFront):
         async def score(self, query: str, docs: Sequence[str], *, max_length: int) -> list[float]:
             if query == q[1]:
                 raise RuntimeError("model error on this query only")

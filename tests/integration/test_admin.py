@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from proxy import __version__
 
 from .conftest import StartProxy
@@ -49,13 +51,22 @@ async def test_metrics_count_forwarded_requests_and_upstream_errors(
     await proxy.get("/_rerank_proxy/health")  # admin calls are not counted
 
     doc = json.loads((await proxy.get("/_rerank_proxy/metrics?format=json")).body)
-    assert doc["requests"] == 3
+    assert doc['rerank_proxy_requests_total{route="pass"}'] == 3
     text = await proxy.get("/_rerank_proxy/metrics")
     assert text.status == 200
     assert (text.header("Content-Type") or "").startswith("text/plain")
-    assert "# TYPE rerank_proxy_requests counter\nrerank_proxy_requests 3\n" in text.body.decode()
+    families = {f.name: f for f in text_string_to_metric_families(text.body.decode())}
+    requests = families["rerank_proxy_requests"]
+    assert requests.type == "counter"
+    assert [(s.name, s.labels, s.value) for s in requests.samples if s.name.endswith("_total")] == [
+        ("rerank_proxy_requests_total", {"route": "pass"}, 3.0)
+    ]
 
     down = await start_proxy(url=f"http://127.0.0.1:{closed_port}")
     assert (await down.get("/idx/_doc/1")).status == 502
     doc = json.loads((await down.get("/_rerank_proxy/metrics?format=json")).body)
-    assert doc == {"requests": 1, "upstream_errors_502": 1}
+    counted = {k: v for k, v in doc.items() if v}
+    assert counted == {
+        'rerank_proxy_requests_total{route="pass"}': 1,
+        'rerank_proxy_upstream_errors_total{status="502"}': 1,
+    }

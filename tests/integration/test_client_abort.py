@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from proxy.app import STATE
+from proxy.keys import STATE
 
 from .fakes import FakeUpstream, RunningProxy, chunk, eventually
 

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from proxy.app import METRICS
+from proxy.keys import METRICS
 
 from .conftest import StartProxy
 from .fakes import (
@@ -122,7 +122,7 @@ async def test_upstream_body_breaking_off_gives_a_truncated_response(
     assert resp.body == first
     assert await client.at_eof()
     await client.close()
-    assert proxy.app[METRICS].get("upstream_broken_bodies") == 1
+    assert proxy.app[METRICS].value("upstream_broken_bodies_total") == 1
 
 
 async def test_upstream_body_stalling_past_read_timeout_gives_a_truncated_response(

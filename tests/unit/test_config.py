@@ -29,8 +29,8 @@ KNOWN_UPSTREAM = (
     " read_timeout, url, verify_tls"
 )
 KNOWN_MODEL = (
-    "backend, batch_size, batch_wait_ms, cache_size, compile, device, max_length, max_queue,"
-    " name, threads"
+    "backend, batch_size, batch_wait_ms, cache_size, compile, device, max_group, max_length,"
+    " max_queue, name, threads"
 )
 KNOWN_RULE = (
     "blend_weight, enabled, expose_engine_score, fields, leading_words, match, max_length,"
@@ -723,7 +723,7 @@ RESOLVE_CASES: list[tuple[str, Config, tuple[str, ...], str | None]] = [
     ids=[c[0] for c in RESOLVE_CASES],
 )
 def test_resolve_rule(cfg: Config, targets: tuple[str, ...], expected: str | None) -> None:
-    assert _name(resolve_rule(cfg, targets)) == expected
+    assert _name(resolve_rule(cfg.rules, targets)) == expected
 
 
 SPLIT_CASES = [
@@ -752,8 +752,8 @@ def test_split_targets(raw: str, expected: list[str]) -> None:
 
 def test_resolve_encoded_path_targets() -> None:
     targets = split_targets("%3Clogs-%7Bnow%2Fd%7D%3E%2Cmetrics-1")
-    assert _name(resolve_rule(RULES_CFG, targets)) == "window2"
-    assert resolve_rule(RULES_CFG, split_targets("articles,logs-1")) is None
+    assert _name(resolve_rule(RULES_CFG.rules, targets)) == "window2"
+    assert resolve_rule(RULES_CFG.rules, split_targets("articles,logs-1")) is None
 
 
 # -- config_table ------------------------------------------------------------------------

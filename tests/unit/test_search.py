@@ -1,26 +1,29 @@
-"""Table-driven tests for proxy.search: planning, window arithmetic, reordering, client view."""
+"""Table-driven tests for the pure search steps: planning (proxy.plan), window texts and the
+permutation (proxy.score), and the client view (proxy.answer)."""
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import random
 from typing import Any
 
 import pytest
 
+from proxy.answer import ENGINE_SCORE_FIELD, client_view
 from proxy.config import RuleConfig
 from proxy.filtering import SourceFilter
-from proxy.search import (
-    ENGINE_SCORE_FIELD,
+from proxy.plan import (
     PLAN_PARAMS,
     SearchPlan,
     Skip,
-    client_view,
+    plan_search,
+    rerankable_response,
+)
+from proxy.score import (
     document_text,
     field_text,
-    plan_search,
-    rerank_hits,
-    response_is_rerankable,
+    rank,
     window_texts,
 )
 
@@ -223,6 +226,16 @@ def response(hits: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def rerank_hits(
+    doc: dict[str, Any], plan: SearchPlan, scores: list[float | None]
+) -> dict[str, Any]:
+    """Every hit of `doc` (not just the page) in the order `rank` gives, as a new document."""
+    ranking = rank(doc["hits"]["hits"][: plan.rule.window], plan.rule, scores)
+    whole = dataclasses.replace(plan, from_=0, size=len(doc["hits"]["hits"]))
+    view: dict[str, Any] = client_view(doc, whole, ranking)
+    return view
+
+
 def ids(doc: dict[str, Any]) -> list[str]:
     return [h["_id"] for h in doc["hits"]["hits"]]
 
@@ -241,8 +254,7 @@ def reranked(
     plan = plan_of({"query": MATCH, **(page or {})}, [], rule)
     texts = window_texts(doc, plan)
     assert [t is None for t in texts] == [m is None for m in model[: rule.window]]
-    rerank_hits(doc, plan, model[: rule.window])
-    return doc
+    return rerank_hits(doc, plan, model[: rule.window])
 
 
 ORDER_CASES: list[tuple[str, list[float | None], list[str]]] = [
@@ -330,7 +342,7 @@ def test_engine_score_is_exposed_in_fields() -> None:
     hits = [hit(0, 2.5), hit(1, 1.5, fields={"tag": ["x"]}), hit(2, 0.5, None)]
     doc = response(hits)
     plan = plan_of(_q())
-    rerank_hits(doc, plan, [0.1, 0.9, None])
+    doc = rerank_hits(doc, plan, [0.1, 0.9, None])
     by_id = {h["_id"]: h for h in doc["hits"]["hits"]}
     assert by_id["0"]["fields"] == {ENGINE_SCORE_FIELD: [2.5]}
     assert by_id["1"]["fields"] == {"tag": ["x"], ENGINE_SCORE_FIELD: [1.5]}
@@ -341,7 +353,7 @@ def test_engine_score_is_not_exposed_when_disabled() -> None:
     hits = [hit(0, 2.5), hit(1, 1.5, fields={"tag": ["x"]})]
     doc = response(hits)
     plan = plan_of(_q(), rule=RuleConfig(fields=("title",), expose_engine_score=False))
-    rerank_hits(doc, plan, [0.1, 0.9])
+    doc = rerank_hits(doc, plan, [0.1, 0.9])
     assert [h.get("fields") for h in doc["hits"]["hits"]] == [{"tag": ["x"]}, None]
 
 
@@ -355,7 +367,7 @@ def test_engine_score_is_not_exposed_when_disabled() -> None:
     ],
     ids=["too-few", "too-many", "nan", "inf"],
 )
-def test_rerank_hits_rejects_bad_scores(scores: list[float], message: str) -> None:
+def test_rank_rejects_bad_scores(scores: list[float], message: str) -> None:
     doc = response([hit(0, 1.0), hit(1, 0.5)])
     before = copy.deepcopy(doc)
     with pytest.raises(ValueError, match=message):
@@ -388,8 +400,10 @@ class Engine:
             None if t is None else self.model[int(h["_id"])]
             for t, h in zip(texts, doc["hits"]["hits"], strict=False)
         ]
-        rerank_hits(doc, plan, scores)
-        return ids(client_view(doc, plan))
+        before = copy.deepcopy(doc)
+        view = client_view(doc, plan, rank(doc["hits"]["hits"][: rule.window], rule, scores))
+        assert doc == before  # the engine's response is left as it was
+        return ids(view)
 
 
 @pytest.mark.parametrize("seed", range(40))
@@ -782,5 +796,5 @@ RESPONSES: list[tuple[str, Any, str | None]] = [
 @pytest.mark.parametrize(
     ("doc", "reason"), [c[1:] for c in RESPONSES], ids=[c[0] for c in RESPONSES]
 )
-def test_response_is_rerankable(doc: Any, reason: str | None) -> None:
-    assert response_is_rerankable(doc) == reason
+def test_rerankable_response(doc: Any, reason: str | None) -> None:
+    assert rerankable_response(doc) == reason

@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from proxy.config import RuleConfig, parse_config
-from proxy.search import SearchPlan, split_passages, window_texts
+from proxy.plan import SearchPlan
+from proxy.score import split_passages, window_texts
 
 
 def _plan(**rule: Any) -> SearchPlan:

@@ -1,13 +1,15 @@
-"""The async reranker: cross-request micro-batching and a score cache over one Backend.
+"""The reranker's front: score cache, in-flight dedupe, queue bound, batching and stats.
 
-Concurrent searches put their pairs into one bounded queue. A single worker takes what is
-waiting (after a short, bounded wait for more), hands it to the inference thread as one group
-— the backend sorts it by token length into padding-minimal batches — and resolves each
-caller's futures. The queue is bounded before work reaches the executor (executor work cannot
-be cancelled); a full queue raises `RerankOverloaded` and the search fails open. Scores are
-cached in an LRU keyed by model, max_length, query and a hash of the document; identical
-pairs already in flight are computed once. A caller that is cancelled drops its pairs if no
-one else waits for them and they have not reached the model yet.
+Implements `Reranker` over any `Executor` and does not know which one it has. Concurrent
+searches put their pairs into one bounded queue. A worker takes what is waiting (after a
+short, bounded wait for more) as one group of at most `policy.max_group` pairs of one
+`max_length`, and hands it to the executor; up to `executor.concurrency` groups run at once
+(one for a local inference thread, more for a remote server). The queue is bounded before
+work reaches the executor; a full queue raises `RerankOverloaded` and the search fails open.
+Scores are cached in an LRU keyed by model, max_length, query and a hash of the document;
+identical pairs already in flight are computed once. A caller that is cancelled drops its
+pairs if no one else waits for them and they have not reached the executor yet. Stats are
+counters only: nothing grows with the number of batches served.
 """
 
 from __future__ import annotations
@@ -17,11 +19,11 @@ import hashlib
 import logging
 from collections import OrderedDict
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass
+from typing import Any
 
-from ..errors import RerankOverloaded
-from .base import Backend, check_scores
+from ..errors import RerankError, RerankOverloaded
+from .base import BatchPolicy, Executor, check_scores
 
 logger = logging.getLogger(__name__)
 
@@ -73,41 +75,42 @@ class _Pending:
 
 
 @dataclass(slots=True)
-class ServiceStats:
+class FrontStats:
+    """Monotonic counters (and one maximum): constant size however long the server runs."""
+
     batches: int = 0
     pairs: int = 0
     deduplicated: int = 0
     dropped: int = 0
-    sizes: list[int] = field(default_factory=list)
+    failed_batches: int = 0
+    largest_batch: int = 0
 
 
-class RerankService:
-    """Implements `Reranker` over a Backend."""
+class RerankFront:
+    """`Reranker` over an `Executor`."""
 
     def __init__(
         self,
-        backend: Backend,
+        executor: Executor,
+        policy: BatchPolicy | None = None,
         *,
-        batch_wait_ms: float = 2.0,
-        max_queue: int = 4096,
         cache_size: int = 50_000,
-        max_group: int = 256,  # pairs handed to the model at once (see cli: per device)
     ) -> None:
-        self.backend = backend
-        self.model_id = backend.model_id
-        self.batch_wait = batch_wait_ms / 1000
-        self.max_queue = max_queue
-        self.max_group = max_group
+        self.executor = executor
+        self.model_id = executor.model_id
+        self.policy = policy or BatchPolicy()
         self.cache = ScoreCache(cache_size)
-        self.stats = ServiceStats()
+        self.stats = FrontStats()
         self._queue: list[_Pending] = []
         self._inflight: dict[CacheKey, _Pending] = {}
         self._wakeup = asyncio.Event()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rerank-infer")
+        self._slots = asyncio.Semaphore(max(1, executor.concurrency))
+        self._running: set[asyncio.Task[None]] = set()
         self._worker: asyncio.Task[None] | None = None
 
+    # -- Reranker --------------------------------------------------------------------------
+
     def cached(self, query: str, docs: Sequence[str], *, max_length: int) -> list[float] | None:
-        """Every document's score from the cache, or None if any is missing (no waiting)."""
         out = []
         for doc in docs:
             score = self.cache.get(cache_key(self.model_id, max_length, query, doc))
@@ -139,11 +142,12 @@ class RerankService:
                 pending = _Pending(key, query, doc, max_length, loop.create_future())
                 new.append(pending)
             mine.append((i, pending))
-        if len(self._queue) + len(new) > self.max_queue:
+        if len(self._queue) + len(new) > self.policy.max_queue:
             for _, p in mine:
                 p.waiters -= 1
             raise RerankOverloaded(
-                f"{len(self._queue)} pairs queued, {len(new)} more would exceed {self.max_queue}"
+                f"{len(self._queue)} pairs queued, {len(new)} more would exceed"
+                f" {self.policy.max_queue}"
             )
         for p in new:
             self._inflight[p.key] = p
@@ -159,6 +163,40 @@ class RerankService:
             raise
         return [r for r in results if r is not None]
 
+    def describe(self) -> dict[str, Any]:
+        return {
+            **self.executor.describe(),
+            "policy": asdict(self.policy),
+            "cache_size": self.cache.capacity,
+        }
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "loaded": True,
+            "queued_pairs": len(self._queue),
+            "running_groups": len(self._running),
+            "cache_entries": len(self.cache),
+        }
+
+    async def close(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+            try:
+                await self._worker
+            except asyncio.CancelledError:
+                pass
+            self._worker = None
+        for task in list(self._running):
+            task.cancel()
+        await asyncio.gather(*self._running, return_exceptions=True)
+        await self.executor.close()
+
+    # -- the batcher -----------------------------------------------------------------------
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
     def _take_group(self) -> list[_Pending]:
         alive = [p for p in self._queue if p.waiters > 0]
         dropped = len(self._queue) - len(alive)
@@ -169,54 +207,56 @@ class RerankService:
                     self._inflight.pop(p.key, None)
                     p.future.cancel()
         first_len = alive[0].max_length if alive else 0
-        group = [p for p in alive if p.max_length == first_len][: self.max_group]
+        group = [p for p in alive if p.max_length == first_len][: self.policy.max_group]
         taken = {id(p) for p in group}
         self._queue = [p for p in alive if id(p) not in taken]
         return group
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
+        wait = self.policy.wait_ms / 1000
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
-            if self.batch_wait > 0 and len(self._queue) < self.max_group:
-                await asyncio.sleep(self.batch_wait)
+            if wait > 0 and len(self._queue) < self.policy.max_group:
+                await asyncio.sleep(wait)
             while self._queue:
+                # The group is formed once a slot is free, so pairs that arrive while the
+                # executor is busy join it.
+                await self._slots.acquire()
                 group = self._take_group()
                 if not group:
+                    self._slots.release()
                     break
-                await self._infer(loop, group)
+                task = asyncio.get_running_loop().create_task(self._infer(group))
+                self._running.add(task)
+                task.add_done_callback(self._running.discard)
 
-    async def _infer(self, loop: asyncio.AbstractEventLoop, group: list[_Pending]) -> None:
+    async def _infer(self, group: list[_Pending]) -> None:
         pairs = [(p.query, p.doc) for p in group]
         self.stats.batches += 1
         self.stats.pairs += len(pairs)
-        self.stats.sizes.append(len(pairs))
+        self.stats.largest_batch = max(self.stats.largest_batch, len(pairs))
         try:
-            raw = await loop.run_in_executor(
-                self._executor, self.backend.score_pairs, pairs, group[0].max_length
-            )
+            raw = await self.executor.run(pairs, group[0].max_length)
             scores = check_scores(raw, len(pairs))
+        except asyncio.CancelledError:
+            self._fail(group, RerankError("the reranker is shutting down"))
+            raise
         except Exception as exc:  # noqa: BLE001 - every caller of this group fails open
-            for p in group:
-                self._inflight.pop(p.key, None)
-                if not p.future.done():
-                    p.future.set_exception(exc)
-                    p.future.exception()  # mark retrieved: callers may have gone
+            self.stats.failed_batches += 1
+            self._fail(group, exc)
             return
+        finally:
+            self._slots.release()
         for p, s in zip(group, scores, strict=True):
             self._inflight.pop(p.key, None)
             self.cache.put(p.key, s)
             if not p.future.done():
                 p.future.set_result(s)
 
-    async def close(self) -> None:
-        if self._worker is not None:
-            self._worker.cancel()
-            try:
-                await self._worker
-            except asyncio.CancelledError:
-                pass
-            self._worker = None
-        self._executor.shutdown(wait=True, cancel_futures=True)
-        self.backend.close()
+    def _fail(self, group: list[_Pending], exc: BaseException) -> None:
+        for p in group:
+            self._inflight.pop(p.key, None)
+            if not p.future.done():
+                p.future.set_exception(exc)
+                p.future.exception()  # mark retrieved: callers may have gone

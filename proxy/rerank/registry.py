@@ -1,0 +1,21 @@
+"""The backend registry: backend name -> "module:factory". Pure (imports nothing).
+
+The one list of backend names: `config` validates `model.backend` against it and
+`rerank.base.load_backend` imports the factory it names. Adding a backend touches one new
+file and one line here. Factories take a `ModelConfig` and return a `Backend`.
+"""
+
+from __future__ import annotations
+
+BACKENDS: dict[str, str] = {
+    "torch": "proxy.rerank.torch_backend:load_torch",
+    "torch-fp32": "proxy.rerank.torch_backend:load_torch_fp32",
+    "onnx": "proxy.rerank.onnx_backend:load_onnx",
+    "onnx-int8": "proxy.rerank.onnx_backend:load_onnx_int8",
+    "torch-bf16": "proxy.rerank.torch_backend:load_torch_bf16",
+    "openvino": "proxy.rerank.openvino_backend:load_openvino",
+    "openvino-bf16": "proxy.rerank.openvino_backend:load_openvino_bf16",
+    "fake": "proxy.rerank.fake:load_fake",
+}
+#: what `model.backend` may say: `auto` or a registered name
+BACKEND_CHOICES: tuple[str, ...] = ("auto", *BACKENDS)
