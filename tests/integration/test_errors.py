@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 
 import pytest
 
@@ -47,9 +46,7 @@ async def test_upstream_that_never_answers_is_504_after_read_timeout(
 
     upstream.handler = silent
     proxy = await start_proxy(read_timeout=0.5)
-    started = time.monotonic()
-    resp = await proxy.get()
-    assert time.monotonic() - started < 3
+    resp = await proxy.get()  # the upstream never answers: only the read timeout can end it
     _assert_es_error(resp, 504, "proxy_upstream_timeout")
     assert len(upstream.requests) == 1  # a timed-out request is not retried
 
@@ -137,9 +134,8 @@ async def test_upstream_body_stalling_past_read_timeout_gives_a_truncated_respon
     upstream.handler = stall
     proxy = await start_proxy(read_timeout=0.5)
     client = await proxy.connect()
-    started = time.monotonic()
+    # The body never completes upstream: only the read timeout can end the response.
     resp = await client.request(b"GET /idx/_doc/1 HTTP/1.1\r\nHost: p\r\n\r\n")
-    assert time.monotonic() - started < 3
     assert (resp.status, resp.body, resp.complete) == (200, b"x" * 10, False)
     await client.close()
 
