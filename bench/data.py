@@ -1,44 +1,39 @@
-"""Benchmark inputs: SciFact queries and their BM25 top hits, and the stand-in model.
+"""Benchmark inputs: SciFact (read by `proxy.beir`), its BM25 top hits, and the stand-in model.
 
 BM25 (k1=0.9, b=0.4 over lowercased alphanumeric tokens of title + text, the function the
 engines use) ranks the corpus for each query; its top `window` documents are the pairs the
-proxy would send to the model. SciFact is CC BY-NC: benchmarks only, never packaged.
+proxy would send to the model. The model is the random-weight stand-in with the exact
+mxbai-rerank-xsmall-v1 geometry, built once by `devtools.standin` into the state root.
+SciFact is CC BY-NC: benchmarks only, never packaged.
 """
 
 from __future__ import annotations
 
-import gzip
-import json
 import math
-import os
 import re
+import sys
 from collections import Counter
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-SCIFACT = Path(os.environ.get("RERANK_PROXY_SHARED", REPO.parent / "shared")) / "data" / "scifact"
-CACHE = Path(os.environ.get("RERANK_PROXY_STATE", Path.home() / ".cache" / "rerank-proxy"))
+from bench.paths import CACHE, SCIFACT
+from proxy import beir
+
 _TOKEN = re.compile(r"[a-z0-9]+")
 
 
-def read_jsonl(path: Path) -> list[dict[str, str]]:
-    with gzip.open(path, "rt", encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+def load_scifact(path: Path = SCIFACT) -> beir.Dataset:
+    """SciFact's test split; exits with the reason when it is missing or malformed."""
+    if not path.is_dir():
+        sys.exit(f"SciFact not found at {path} (set RERANK_PROXY_SHARED)")
+    try:
+        return beir.load_dataset(path, "test")
+    except beir.BeirError as exc:
+        sys.exit(f"SciFact: {exc}")
 
 
-def load(scifact: Path = SCIFACT) -> tuple[dict[str, str], dict[str, str], dict[str, set[str]]]:
-    """(doc id -> "title\\ntext", query id -> text, query id -> relevant doc ids)."""
-    corpus = {
-        d["_id"]: f"{d['title']}\n{d['text']}" for d in read_jsonl(scifact / "corpus.jsonl.gz")
-    }
-    queries = {q["_id"]: q["text"] for q in read_jsonl(scifact / "queries.jsonl.gz")}
-    qrels: dict[str, set[str]] = {}
-    with gzip.open(scifact / "qrels" / "test.tsv.gz", "rt", encoding="utf-8") as fh:
-        next(fh)
-        for line in fh:
-            qid, did, _ = line.rstrip("\n").split("\t")
-            qrels.setdefault(qid, set()).add(did)
-    return corpus, queries, qrels
+def doc_text(doc: beir.Document) -> str:
+    """The text the model scores for a document: title, newline, text."""
+    return f"{doc.title}\n{doc.text}"
 
 
 def bm25_top(
@@ -71,9 +66,10 @@ def bm25_top(
 
 def workload(n_queries: int, window: int) -> list[tuple[str, list[str]]]:
     """[(query, [document text, ...])] for the first `n_queries` judged SciFact queries."""
-    corpus, queries, qrels = load()
-    qids = sorted(qrels, key=int)[:n_queries]
-    texts = [queries[q] for q in qids]
+    scifact = load_scifact()
+    corpus = {doc_id: doc_text(doc) for doc_id, doc in scifact.corpus.items()}
+    qids = sorted(scifact.qrels, key=int)[:n_queries]
+    texts = [scifact.queries[q].text for q in qids]
     return [
         (q, [corpus[d] for d in top])
         for q, top in zip(texts, bm25_top(corpus, texts, window), strict=True)
@@ -81,11 +77,10 @@ def workload(n_queries: int, window: int) -> list[tuple[str, list[str]]]:
 
 
 def exact_model() -> Path:
-    """The stand-in with the exact mxbai-rerank-xsmall-v1 geometry (built once, cached)."""
-    from proxy.rerank.standin import ensure_standin_model
+    """The stand-in with the exact mxbai-rerank-xsmall-v1 geometry (built once, ~70-120 s)."""
+    from devtools.standin import ensure_standin_model
 
     def texts() -> list[str]:
-        corpus, _, _ = load()
-        return list(corpus.values())[:5000]
+        return [doc_text(doc) for doc in list(load_scifact().corpus.values())[:5000]]
 
     return ensure_standin_model(CACHE / "models", texts, size="exact", seed=0)

@@ -23,8 +23,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench import common
-from bench.common import log, md_table
+from bench import data, engine
+from bench.cpu import machine_line
+from bench.load import Req, run_load
+from bench.proxyproc import proxy_config, start_proxy, workdir
+from bench.report import log, md_table
 
 TARGET_BYTES = 1_000_000_000  # 1 GB
 BACKENDS = ("auto", "torch", "onnx", "onnx-int8", "torch-bf16", "openvino", "openvino-bf16")
@@ -144,7 +147,7 @@ def measure_backend(
         "window": WINDOW,
         "timeout_ms": 3_600_000,
     }
-    cfg = common.proxy_config(
+    cfg = proxy_config(
         engine_url, model=model, backend=backend, rules=[rule], max_length=max_length
     )
     samplers: list[Sampler] = []
@@ -155,7 +158,7 @@ def measure_backend(
 
     t0 = time.monotonic()
     try:
-        proxy = common.start_proxy(cfg, work, name=f"proxy-{backend}", on_spawn=on_spawn)
+        proxy = start_proxy(cfg, work, name=f"proxy-{backend}", on_spawn=on_spawn)
     except RuntimeError as exc:
         row.note = f"SKIPPED: failed to load: {_failure_reason(str(exc))}"
         for sampler in samplers:
@@ -167,11 +170,9 @@ def measure_backend(
         row.resolved = proxy.backend()
         row.rss_loaded = sampler.rss()
         sampler.phase = "serve"
-        reqs = [
-            common.Req("POST", f"/{ALIAS}/_search", common.search_body(q).decode()) for q in queries
-        ]
+        reqs = [Req("POST", f"/{ALIAS}/_search", engine.search_body(q).decode()) for q in queries]
         t1 = time.monotonic()
-        res = common.run_load(
+        res = run_load(
             proxy.url,
             reqs,
             concurrency=clients,
@@ -216,17 +217,18 @@ def main(argv: list[str] | None = None) -> int:
     backends = [b for b in args.backends.split(",") if b]
 
     t_start = time.monotonic()
-    engine_url = common.ensure_engine()
-    data = common.load_scifact()
-    common.index_scifact(engine_url, data, aliases=[ALIAS])
-    model = common.exact_model()
-    machine = common.machine_line()
+    engine_url = engine.ensure_engine()
+    scifact = data.load_scifact()
+    engine.index_scifact(engine_url, scifact, aliases=[ALIAS])
+    all_queries = [q.text for q in scifact.queries.values()]
+    model = data.exact_model()
+    machine = machine_line()
     rows = []
-    with common.workdir("bench-memory-", keep=args.keep) as work:
+    with workdir("bench-memory-", keep=args.keep) as work:
         for backend in backends:
             log(f"backend {backend} ...")
             # The same queries for every backend: each proxy starts with an empty cache.
-            queries = data.queries[:n]
+            queries = all_queries[:n]
             row = measure_backend(
                 backend, engine_url, model, work, queries, args.clients, args.max_length
             )

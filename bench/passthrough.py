@@ -8,7 +8,7 @@ not rerank: `GET /bench-scifact/_doc/ID` (cycling over 200 ids) and a small `mat
 through `python -m proxy serve` (backend `fake`: no model is loaded) and through nginx (a
 plain reverse proxy, bench/nginx.conf.tmpl), with the same load generator in the same run:
 wrk (one thread, N connections, closed loop) when installed, else the aiohttp load
-generator of bench.common in its own process. Targets run back to back per concurrency, in
+generator of bench.load in its own process. Targets run back to back per concurrency, in
 a rotating order, after a 1 s warm-up each. Nothing is pinned: engine, proxy, nginx and the
 load generator share the machine's cores, which the output says.
 
@@ -32,8 +32,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import common
-from bench.common import INDEX, Req, fmt_ms, fmt_ratio, log, md_table
+from bench import data, engine
+from bench.cpu import CpuMeter, machine_line
+from bench.engine import INDEX
+from bench.load import Req, run_load
+from bench.loopback import LOOPBACK
+from bench.proxyproc import proxy_config, proxy_metrics, start_proxy, workdir
+from bench.report import fmt_ms, fmt_ratio, log, md_table
+from bench.sampling import py_spy, sample_report, sampled
+from proxy import beir
 
 HERE = Path(__file__).resolve().parent
 TARGET_ADDED_P50_MS = 1.0
@@ -60,8 +67,8 @@ class Cell:
     other_cores: float
 
 
-def workloads(data: common.SciFact) -> dict[str, list[Req]]:
-    ids = list(data.corpus)[:200]
+def workloads(scifact: beir.Dataset) -> dict[str, list[Req]]:
+    ids = list(scifact.corpus)[:200]
     docs = [Req("GET", f"/{INDEX}/_doc/{i}") for i in ids]
     searches = [
         Req("POST", f"/{INDEX}/_search", json.dumps({"query": {"match": {"title": t}}, "size": 3}))
@@ -72,7 +79,7 @@ def workloads(data: common.SciFact) -> dict[str, list[Req]]:
 
 def free_port() -> int:
     with socket.socket() as s:
-        s.bind((common.LOOPBACK, 0))
+        s.bind((LOOPBACK, 0))
         return int(s.getsockname()[1])
 
 
@@ -99,14 +106,14 @@ class Nginx:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
-        self.url = f"http://{common.LOOPBACK}:{self.port}"
+        self.url = f"http://{LOOPBACK}:{self.port}"
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 err = self.proc.stderr.read().decode() if self.proc.stderr else ""
                 raise RuntimeError(f"nginx exited: {err}")
             try:
-                with socket.create_connection((common.LOOPBACK, self.port), timeout=0.5):
+                with socket.create_connection((LOOPBACK, self.port), timeout=0.5):
                     return
             except OSError:
                 time.sleep(0.1)
@@ -198,7 +205,7 @@ def run_wrk(
 def run_py(
     url: str, reqs: list[Req], conc: int, seconds: float, pids: list[int], warmup: float
 ) -> tuple[float, float, float, float, int, int]:
-    res = common.run_load(
+    res = run_load(
         url,
         reqs,
         concurrency=conc,
@@ -230,7 +237,7 @@ def measure(
     gen: list[int] = []
     if script is not None:  # wrk: a separate 1 s warm-up run
         run_wrk(url, script, conc, 1, gen)
-    meter = common.CpuMeter({"hop": hop_pid, "engine": engine_pid})
+    meter = CpuMeter({"hop": hop_pid, "engine": engine_pid})
     meter.start()
     if script is not None:
         rps, p50, p95, p99, n, errors = run_wrk(url, script, conc, seconds, gen)
@@ -275,15 +282,15 @@ def profile_proxy(
     out = []
     for kind, reqs in loads.items():
         samples = work / f"proxy-{kind}.txt"
-        proxy = common.start_proxy(common.proxy_config(engine_url), work, name="proxy-profiled")
+        proxy = start_proxy(proxy_config(engine_url), work, name="proxy-profiled")
         try:
             script = wrk_script(reqs, work / f"prof-{kind}.lua") if use_wrk else None
             measure(kind, 8, "proxy", proxy.url, reqs, script, 1, proxy.pid, None)  # warm-up
-            with common.sampled(proxy.pid, samples, seconds):
+            with sampled(proxy.pid, samples, seconds):
                 cell = measure(kind, 8, "proxy", proxy.url, reqs, script, seconds, None, None)
         finally:
             proxy.stop()
-        report = common.sample_report(samples)
+        report = sample_report(samples)
         out.append(f"#### {kind}: {cell.requests} requests, 8 connections\n\n{report}\n")
     return "\n".join(out)
 
@@ -307,20 +314,20 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit("wrk not found (apt-get install -y wrk)")
     if not shutil.which("nginx") and not Path("/usr/sbin/nginx").exists():
         sys.exit("nginx not found (apt-get install -y nginx)")
-    if args.profile and common.py_spy() is None:
+    if args.profile and py_spy() is None:
         sys.exit("--profile needs py-spy (pip install py-spy, or set PY_SPY to its path)")
 
     t_start = time.monotonic()
-    engine_url = common.ensure_engine()
-    data = common.load_scifact()
-    common.index_scifact(engine_url, data)
-    loads = workloads(data)
-    engine_pid = common.engine_pid()
-    machine_before = common.machine_line()
+    engine_url = engine.ensure_engine()
+    scifact = data.load_scifact()
+    engine.index_scifact(engine_url, scifact)
+    loads = workloads(scifact)
+    engine_pid = engine.engine_pid()
+    machine_before = machine_line()
 
-    with common.workdir("bench-passthrough-", keep=args.keep) as work:
-        cfg = common.proxy_config(engine_url, log_level=args.proxy_log_level)
-        proxy = common.start_proxy(cfg, work)
+    with workdir("bench-passthrough-", keep=args.keep) as work:
+        cfg = proxy_config(engine_url, log_level=args.proxy_log_level)
+        proxy = start_proxy(cfg, work)
         nginx = Nginx(engine_url, work, args.nginx_workers)
         targets = {
             "direct": (engine_url, None),
@@ -342,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
                                 kind, conc, target, url, reqs, script, seconds, hop, engine_pid
                             )
                             raw.setdefault((kind, conc, target), []).append(cell)
-            proxy_metrics = common.proxy_metrics(proxy.url)
+            counters = proxy_metrics(proxy.url)
         finally:
             nginx.stop()
             proxy.stop()
@@ -352,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
 
     cells = {k: median_cell(v) for k, v in raw.items()}
     print(report(cells, loads, levels, args, seconds, rounds, bool(use_wrk), machine_before))
-    print(f"\nProxy counters after the run: `{json.dumps(proxy_metrics)}`")
+    print(f"\nProxy counters after the run: `{json.dumps(counters)}`")
     print(f"\nTotal bench time {time.monotonic() - t_start:.0f} s.")
     if profile:
         print("\n### Where the proxy's CPU goes\n")

@@ -18,10 +18,9 @@ Cells, for each window and each number of concurrent clients (closed loop):
 - direct-window: the same search with size = window, i.e. what the proxy asks the engine
   for; the gap between it and warm is the proxy's own cost.
 - micro-batching: cold cells with `model.batch_wait_ms: 2` (the default) against one search
-  per model group and no wait (`nobatch`: RerankService `max_group` = window; the service has
-  no config key to switch cross-request batching off, and `batch_wait_ms: 0` alone still
-  groups every search queued while the model is busy, so the bench starts that proxy through
-  `bench.common serve --max-group`). `--modes batch2,wait0,nobatch` adds `batch_wait_ms: 0`.
+  per model group and no wait (`nobatch`: `model.max_group` = window in that proxy's config;
+  `batch_wait_ms: 0` alone still groups every search queued while the model is busy).
+  `--modes batch2,wait0,nobatch` adds `batch_wait_ms: 0`.
 
 Every response's X-Rerank header is counted; a cell with anything but `applied` is not a
 valid latency figure and is flagged. `--profile` then profiles the proxy answering warm
@@ -39,8 +38,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import common
-from bench.common import LoadResult, Req, fmt_ms, fmt_ratio, log, md_table
+from bench import data, engine
+from bench.cpu import CpuMeter, machine_line, wait_idle
+from bench.load import LoadResult, Req, run_load
+from bench.proxyproc import ProxyProcess, proxy_config, proxy_metrics, start_proxy, workdir
+from bench.report import fmt_ms, fmt_ratio, log, md_table, percentile
+from bench.sampling import py_spy, sample_report, sampled
 
 TARGET_WARM_RATIO = 1.2
 MODES = {
@@ -94,7 +97,7 @@ def alias(window: int) -> str:
 
 def search_reqs(queries: list[str], window: int, size: int = 10) -> list[Req]:
     path = f"/{alias(window)}/_search"
-    return [Req("POST", path, common.search_body(q, size).decode()) for q in queries]
+    return [Req("POST", path, engine.search_body(q, size).decode()) for q in queries]
 
 
 def rule(window: int) -> dict[str, Any]:
@@ -123,9 +126,9 @@ def measure(
     engine_pid: int | None,
     warmup: float = 0.0,
 ) -> Cell:
-    meter = common.CpuMeter({"proxy": proxy_pid, "engine": engine_pid})
+    meter = CpuMeter({"proxy": proxy_pid, "engine": engine_pid})
     meter.start()
-    res = common.run_load(
+    res = run_load(
         base,
         reqs,
         concurrency=clients,
@@ -160,18 +163,23 @@ def run_mode(
     work: Path,
     started: dict[str, tuple[str, float]],
 ) -> list[Cell]:
-    """Start one proxy; its cold cells, then (default mode only) warm and direct cells."""
-    cfg = common.proxy_config(
+    """Start one proxy; its cold cells, then (default mode only) warm and direct cells.
+
+    `max_group` (pairs per model group; None: the proxy's per-device default) set to the
+    window puts one search in each group: no cross-request batching."""
+    group: dict[str, Any] = {} if max_group is None else {"max_group": max_group}
+    cfg = proxy_config(
         engine_url,
         model=model,
         backend=args.backend,
         rules=[rule(w) for w in wins],
         max_length=args.max_length,
         batch_wait_ms=2.0 if mode == "batch2" else 0.0,
+        **group,
     )
     name = f"proxy-{mode}" + (f"-w{max_group}" if max_group else "")
     log(f"starting {name} (backend {args.backend}) ...")
-    proxy = common.start_proxy(cfg, work, name=name, max_group=max_group)
+    proxy = start_proxy(cfg, work, name=name)
     started[name] = (proxy.backend(), proxy.started_s)
     log(f"  {name} up in {proxy.started_s:.0f} s, backend {proxy.backend()}")
     cells: list[Cell] = []
@@ -199,13 +207,13 @@ def run_mode(
                 cells.append(cell)
                 # Cancelled searches' pairs may still be on the model (executor work
                 # cannot be cancelled): let it finish before the next cell.
-                waited = common.wait_idle(proxy.pid)
+                waited = wait_idle(proxy.pid)
                 if waited > 2:
                     log(f"  waited {waited:.0f} s for the proxy to go idle")
                 done += [queries[i] for i in cell.result.done_requests]
             if mode == "batch2":
                 cells += warm_cells(w, plan, done, proxy, engine_url, engine_pid)
-        log(f"  {name} counters: {json.dumps(common.proxy_metrics(proxy.url))}")
+        log(f"  {name} counters: {json.dumps(proxy_metrics(proxy.url))}")
     finally:
         proxy.stop()
     return cells
@@ -215,7 +223,7 @@ def warm_cells(
     window: int,
     plan: Plan,
     queries: list[str],
-    proxy: common.ProxyProcess,
+    proxy: ProxyProcess,
     engine_url: str,
     engine_pid: int | None,
 ) -> list[Cell]:
@@ -284,27 +292,27 @@ def profile_warm(
     client), by py-spy."""
     window = plan.windows[0]
     samples = work / "proxy-warm.txt"
-    cfg = common.proxy_config(
+    cfg = proxy_config(
         engine_url,
         model=model,
         backend=args.backend,
         rules=[rule(window)],
         max_length=args.max_length,
     )
-    proxy = common.start_proxy(cfg, work, name="proxy-profiled")
+    proxy = start_proxy(cfg, work, name="proxy-profiled")
     seconds = max(plan.warm_s, 5.0)
     try:
         reqs = search_reqs(plan.slices[(window, plan.clients[0])][:4], window)
-        common.run_load(proxy.url, reqs, concurrency=1, duration_s=300, max_requests=4)
+        run_load(proxy.url, reqs, concurrency=1, duration_s=300, max_requests=4)
         log("profiling warm searches ...")
-        with common.sampled(proxy.pid, samples, seconds):
-            res = common.run_load(
+        with sampled(proxy.pid, samples, seconds):
+            res = run_load(
                 proxy.url, reqs, concurrency=1, duration_s=seconds, max_requests=1_000_000
             )
     finally:
         proxy.stop()
     head = f"{res.completed} warm searches, window {window}, 1 client\n\n"
-    return head + common.sample_report(samples)
+    return head + sample_report(samples)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -330,17 +338,18 @@ def main(argv: list[str] | None = None) -> int:
     if "batch2" not in modes:
         sys.exit("--modes must include batch2 (the warm and direct cells run on it)")
     modes = ["batch2", *(m for m in modes if m != "batch2")]
-    if args.profile and common.py_spy() is None:
+    if args.profile and py_spy() is None:
         sys.exit("--profile needs py-spy (pip install py-spy, or set PY_SPY to its path)")
 
     t_start = time.monotonic()
-    engine_url = common.ensure_engine()
-    data = common.load_scifact()
-    common.index_scifact(engine_url, data, aliases=[alias(w) for w in windows])
-    engine_pid = common.engine_pid()
+    engine_url = engine.ensure_engine()
+    scifact = data.load_scifact()
+    engine.index_scifact(engine_url, scifact, aliases=[alias(w) for w in windows])
+    queries = [q.text for q in scifact.queries.values()]
+    engine_pid = engine.engine_pid()
     log("model: ensuring the exact stand-in ...")
-    model = common.exact_model()
-    machine = common.machine_line()
+    model = data.exact_model()
+    machine = machine_line()
 
     # Disjoint query slices per (window, clients): a query seen at window 20 would make
     # its window-50 search partly warm. Every mode uses the same slice for a cell.
@@ -348,12 +357,10 @@ def main(argv: list[str] | None = None) -> int:
     start = 0
     for w in windows:
         for c in clients:
-            slices[(w, c)] = data.queries[start : start + cold_cap(c)]
+            slices[(w, c)] = queries[start : start + cold_cap(c)]
             start += cold_cap(c)
-    if start > len(data.queries):
-        sys.exit(
-            f"need {start} distinct queries for the cold cells, SciFact has {len(data.queries)}"
-        )
+    if start > len(queries):
+        sys.exit(f"need {start} distinct queries for the cold cells, SciFact has {len(queries)}")
     plan = Plan(
         windows,
         clients,
@@ -366,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     cells: list[Cell] = []
     started: dict[str, tuple[str, float]] = {}
     profile = ""
-    with common.workdir("bench-search-", keep=args.keep) as work:
+    with workdir("bench-search-", keep=args.keep) as work:
         for mode in modes:
             # One search per group needs max_group = window: one proxy per window.
             groups: list[int | None] = list(windows) if mode == "nobatch" else [None]
@@ -468,7 +475,7 @@ def report(
                     _lb(c, 50),
                     _lb(c, 95),
                     _lb(c, 99),
-                    fmt_ms(common.percentile(c.result.took_ms, 50)),
+                    fmt_ms(percentile(c.result.took_ms, 50)),
                     "-" if c.mode.startswith("direct") else fmt_ms(c.proxy_cpu_ms),
                     fmt_ms(c.engine_cpu_ms),
                     "-" if c.mode.startswith("direct") else _xr(c.result),
@@ -554,7 +561,7 @@ def report(
                         done = len(burst) == n
                         row += [
                             f"{_lb(c, 50)} / {_lb(c, 95)}",
-                            f"{fmt_ms(common.percentile(burst, 50))} / "
+                            f"{fmt_ms(percentile(burst, 50))} / "
                             f"{fmt_ms(max(burst)) if done else 'unfinished'}"
                             if burst
                             else "unfinished",

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import gzip
-import json
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from proxy import beir
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("RERANK_PROXY_SHARED", REPO_ROOT.parent / "shared"))
@@ -19,33 +18,22 @@ CACHE = Path(os.environ.get("RERANK_PROXY_STATE", Path.home() / ".cache" / "rera
 
 @dataclass(frozen=True, slots=True)
 class SciFact:
+    """SciFact's test split (read by `proxy.beir`) in the shapes the tests index and query."""
+
     corpus: dict[str, dict[str, str]]  # id -> {"title", "text"}
     queries: dict[str, str]  # id -> text
     qrels: dict[str, set[str]]  # query id -> relevant doc ids
 
 
-def _jsonl(path: Path) -> Iterator[dict[str, str]]:
-    with gzip.open(path, "rt", encoding="utf-8") as fh:
-        for line in fh:
-            if line.strip():
-                yield json.loads(line)
-
-
 def load_scifact() -> SciFact:
     if not SCIFACT.is_dir():
         pytest.skip(f"SciFact not found at {SCIFACT} (set RERANK_PROXY_SHARED)")
-    corpus = {
-        d["_id"]: {"title": d["title"], "text": d["text"]}
-        for d in _jsonl(SCIFACT / "corpus.jsonl.gz")
-    }
-    queries = {q["_id"]: q["text"] for q in _jsonl(SCIFACT / "queries.jsonl.gz")}
-    qrels: dict[str, set[str]] = {}
-    with gzip.open(SCIFACT / "qrels" / "test.tsv.gz", "rt", encoding="utf-8") as fh:
-        next(fh)
-        for line in fh:
-            qid, did, _score = line.rstrip("\n").split("\t")
-            qrels.setdefault(qid, set()).add(did)
-    return SciFact(corpus, queries, qrels)
+    data = beir.load_dataset(SCIFACT, "test")
+    return SciFact(
+        corpus={d.id: {"title": d.title, "text": d.text} for d in data.corpus.values()},
+        queries={q.id: q.text for q in data.queries.values()},
+        qrels={query_id: set(data.relevant(query_id)) for query_id in data.qrels},
+    )
 
 
 @pytest.fixture(scope="session")
@@ -56,7 +44,7 @@ def scifact() -> SciFact:
 def tiny_model_dir() -> Path:
     """The tiny stand-in model (same class, fewer and narrower layers), built once."""
     pytest.importorskip("torch")
-    from proxy.rerank.standin import ensure_standin_model
+    from devtools.standin import ensure_standin_model
 
     def texts() -> list[str]:
         data = load_scifact()

@@ -1,4 +1,4 @@
-"""The random-weight stand-in model: hub layout, tokenizer, calibrated logits, cache reuse.
+"""The random-weight stand-in (devtools.standin): hub layout, tokenizer, logits, cache reuse.
 
 Builds the tiny variant once per module (a few seconds). Tests that need torch skip
 without it; the corpus-reading and argument checks run everywhere.
@@ -8,23 +8,18 @@ from __future__ import annotations
 
 import gzip
 import json
+import subprocess
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from proxy.rerank import standin
-from proxy.rerank.standin import (
-    MARKER_FILE,
-    VERSION,
-    build_standin_model,
-    ensure_standin_model,
-    is_standin,
-    iter_corpus_texts,
-    read_standin_marker,
-    synthetic_texts,
-)
+from devtools import standin
+from devtools.standin import VERSION, build_standin_model, ensure_standin_model
+from devtools.texts import iter_corpus_texts, synthetic_texts
+from proxy.rerank.standin import MARKER_FILE, is_standin, read_standin_marker
 
 HUB_FILES = (
     "config.json",
@@ -223,3 +218,15 @@ def test_synthetic_texts_are_deterministic() -> None:
     assert synthetic_texts(50, seed=3) == synthetic_texts(50, seed=3)
     assert synthetic_texts(50, seed=3) != synthetic_texts(50, seed=4)
     assert len(set(synthetic_texts(50))) == 50
+
+
+def test_the_product_keeps_only_the_marker_check() -> None:
+    code = (
+        "import json, sys, proxy.rerank.standin as m;"
+        " print(json.dumps([sorted(sys.modules), sorted(vars(m))]))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    modules, names = json.loads(out.stdout)
+    assert not {m.split(".")[0] for m in modules} & {"devtools", "torch", "transformers"}
+    assert {"MARKER_FILE", "is_standin", "read_standin_marker"} <= set(names)
+    assert "build_standin_model" not in names
