@@ -43,12 +43,15 @@ async def handle(request: web.Request) -> web.StreamResponse:
     try:
         if route.kind == "pass":
             resp = await forward(request, outcome)
+        elif route.kind == "admin":  # an admin path the router did not match (encoded)
+            resp = await admin.not_found(request)
         else:
             resp = await rerank_request(request, route, outcome, snapshot)
         return resp
     finally:
         state.inflight -= 1
-        request.app[METRICS].record(outcome, route.kind)
+        if route.kind != "admin":
+            request.app[METRICS].record(outcome, route.kind)
         if snapshot.access_log:
             access_logger.info(
                 "%s %s %s upstream_ms=%.1f rerank_ms=%.1f total_ms=%.1f rerank=%s%s",
