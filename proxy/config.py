@@ -10,6 +10,7 @@ metadata; the README's configuration table is generated from it (`proxy.config.c
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import fnmatch
 import math
 import re
@@ -61,6 +62,21 @@ class ConfigError(Exception):
 class ListenConfig:
     host: str = opt("127.0.0.1", "Address the proxy listens on.")
     port: int = opt(9280, "Port the proxy listens on.", ge=0, le=65535)
+    tls_cert: str | None = opt(
+        None,
+        "Certificate chain (PEM) to serve HTTPS with (TLS 1.2+); re-read on reload. Clients of"
+        " an HTTPS cluster (Elasticsearch 8's default) keep their `https://` URLs.",
+    )
+    tls_key: str | None = opt(None, "Private key (PEM) of `tls_cert`.")
+    client_ca: str | None = opt(
+        None, "CA bundle (PEM): require client certificates signed by it (mutual TLS)."
+    )
+    drain_delay: float = opt(
+        5.0,
+        "Seconds between SIGTERM (readiness turns 503) and closing the listener, so load"
+        " balancers stop sending first; in-flight requests then finish.",
+        ge=0,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +94,12 @@ class UpstreamConfig:
     ca_file: str | None = opt(None, "CA bundle (PEM) to verify the upstream with.")
     client_cert: str | None = opt(None, "Client certificate (PEM) for mutual TLS.")
     client_key: str | None = opt(None, "Private key (PEM) of `client_cert`.")
+    probe_interval: float = opt(
+        5.0,
+        "Seconds between background checks that the cluster answers (and its TLS verifies);"
+        " `/_rerank_proxy/ready` reports the last result.",
+        gt=0,
+    )
     max_buffer_bytes: int = opt(
         32 * 1024 * 1024,
         "Largest search request or response body buffered for reranking; larger ones pass through.",
@@ -100,6 +122,13 @@ class ModelConfig:
         choices=BACKEND_CHOICES,
     )
     device: Device = opt("auto", "`auto` picks CUDA when available, else CPU.")
+    label: int | None = opt(
+        None,
+        "Which output of the classification head is the relevance logit. Null: the model"
+        " must be a single-logit cross-encoder (`num_labels: 1`); a model with more labels"
+        " (an NLI model, say) is refused unless this names one.",
+        ge=0,
+    )
     max_length: int = opt(512, "Token budget per (query, document) pair.", ge=8, le=512)
     batch_size: int = opt(0, "Pairs per forward pass; 0 picks per device (CPU 8, CUDA 64).", ge=0)
     threads: int = opt(0, "CPU threads for inference; 0 uses all cores.", ge=0)
@@ -302,6 +331,14 @@ def _check_bounds(meta: Mapping[str, Any], value: Any) -> None:
         raise _Invalid(f"must be <= {meta['le']}")
 
 
+def unknown_key(key: Any, known: Sequence[str] | Mapping[str, Any]) -> str:
+    """`unknown key (did you mean 'host'? known: ...)`: the message for a key no field has."""
+    names = sorted(known)
+    close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return f"unknown key ({hint}known: {', '.join(names)})"
+
+
 def _build(
     cls: Any,
     raw: Mapping[str, Any],
@@ -315,7 +352,7 @@ def _build(
     prefix = f"{path}." if path else ""
     for key, value in raw.items():
         if key not in known:
-            errors.append(f"{prefix}{key}: unknown key (known: {', '.join(sorted(known))})")
+            errors.append(f"{prefix}{key}: {unknown_key(key, known)}")
             continue
         try:
             converted = _convert(hints[key], value, f"{prefix}{key}", errors)
@@ -376,6 +413,10 @@ def _cross_checks(cfg: Config, errors: list[str]) -> None:
         add("upstream.url", f"must be an http:// or https:// URL, got {cfg.upstream.url!r}")
     if cfg.upstream.client_key and not cfg.upstream.client_cert:
         add("upstream.client_key", "needs upstream.client_cert")
+    if bool(cfg.listen.tls_cert) != bool(cfg.listen.tls_key):
+        add("listen.tls_key", "listen.tls_cert and listen.tls_key go together")
+    if cfg.listen.client_ca and not cfg.listen.tls_cert:
+        add("listen.client_ca", "needs listen.tls_cert (mutual TLS is TLS)")
     rules = [("defaults", cfg.defaults)] + [(f"indices[{i}]", r) for i, r in enumerate(cfg.indices)]
     for where, rule in rules:
         # A value inherited from `defaults` was checked, and reported, there.

@@ -23,14 +23,14 @@ from proxy.config import (
 )
 
 KNOWN_TOP = "access_log, defaults, indices, listen, log_format, log_level, model, upstream"
-KNOWN_LISTEN = "host, port"
+KNOWN_LISTEN = "client_ca, drain_delay, host, port, tls_cert, tls_key"
 KNOWN_UPSTREAM = (
     "ca_file, client_cert, client_key, connect_timeout, max_buffer_bytes, max_connections,"
-    " read_timeout, url, verify_tls"
+    " probe_interval, read_timeout, url, verify_tls"
 )
 KNOWN_MODEL = (
-    "backend, batch_size, batch_wait_ms, cache_size, compile, device, max_group, max_length,"
-    " max_queue, name, threads"
+    "backend, batch_size, batch_wait_ms, cache_size, compile, device, label, max_group,"
+    " max_length, max_queue, name, threads"
 )
 KNOWN_RULE = (
     "blend_weight, enabled, expose_engine_score, fields, leading_words, match, max_length,"
@@ -63,23 +63,36 @@ def problems(name: str) -> list[str]:
 # (id, yaml, the one problem line after "proxy.yaml: ")
 ONE_PROBLEM: list[tuple[str, str, str]] = [
     # unknown keys, at every level
-    ("unknown-top", "lisen: {}\n", f"lisen: unknown key (known: {KNOWN_TOP})"),
-    ("unknown-listen", "listen: {hots: x}\n", f"listen.hots: unknown key (known: {KNOWN_LISTEN})"),
+    ("unknown-far", "zzz: {}\n", f"zzz: unknown key (known: {KNOWN_TOP})"),
+    (
+        "unknown-top",
+        "lisen: {}\n",
+        f"lisen: unknown key (did you mean 'listen'? known: {KNOWN_TOP})",
+    ),
+    (
+        "unknown-listen",
+        "listen: {hots: x}\n",
+        f"listen.hots: unknown key (did you mean 'host'? known: {KNOWN_LISTEN})",
+    ),
     (
         "unknown-upstream",
         "upstream: {uri: http://x}\n",
-        f"upstream.uri: unknown key (known: {KNOWN_UPSTREAM})",
+        f"upstream.uri: unknown key (did you mean 'url'? known: {KNOWN_UPSTREAM})",
     ),
-    ("unknown-model", "model: {nme: x}\n", f"model.nme: unknown key (known: {KNOWN_MODEL})"),
+    (
+        "unknown-model",
+        "model: {nme: x}\n",
+        f"model.nme: unknown key (did you mean 'name'? known: {KNOWN_MODEL})",
+    ),
     (
         "unknown-defaults",
         "defaults: {windw: 3}\n",
-        f"defaults.windw: unknown key (known: {KNOWN_RULE})",
+        f"defaults.windw: unknown key (did you mean 'window'? known: {KNOWN_RULE})",
     ),
     (
         "unknown-in-indices-item",
         "indices:\n  - match: a\n  - match: b\n    feilds: [t]\n",
-        f"indices[1].feilds: unknown key (known: {KNOWN_RULE})",
+        f"indices[1].feilds: unknown key (did you mean 'fields'? known: {KNOWN_RULE})",
     ),
     # wrong types
     ("listen-not-mapping", "listen: [1]\n", "listen: must be a mapping, got a list"),
@@ -410,7 +423,7 @@ def test_several_problems_are_reported_together_in_order(write: Any) -> None:
     )
     assert problems(name) == [
         "proxy.yaml: listen.port: must be <= 65535",
-        f"proxy.yaml: listen.hots: unknown key (known: {KNOWN_LISTEN})",
+        f"proxy.yaml: listen.hots: unknown key (did you mean 'host'? known: {KNOWN_LISTEN})",
         "proxy.yaml: model.backend: must be one of 'auto', 'torch', 'torch-fp32', 'onnx',"
         " 'onnx-int8', 'torch-bf16', 'openvino', 'openvino-bf16', 'fake', got 'gpu'",
         "proxy.yaml: defaults.window: must be >= 1",
