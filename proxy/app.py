@@ -8,6 +8,8 @@ reloadable settings once (`Settings.current`) and is counted once, at its end.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -34,9 +36,11 @@ async def handle(request: web.Request) -> web.StreamResponse:
     """The catch-all handler: every method, every path that is not an admin route."""
     snapshot = request.app[SETTINGS].current  # one snapshot for the whole request
     state = request.app[STATE]
+    metrics = request.app[METRICS]
     started = time.perf_counter()
     outcome = Outcome()
     state.inflight += 1
+    metrics.inflight.inc()
     resp: web.StreamResponse | None = None
     path = request.raw_path.split("?", 1)[0]
     route = classify(request.method, path)
@@ -50,8 +54,10 @@ async def handle(request: web.Request) -> web.StreamResponse:
         return resp
     finally:
         state.inflight -= 1
+        metrics.inflight.dec()
+        seconds = time.perf_counter() - started
         if route.kind != "admin":
-            request.app[METRICS].record(outcome, route.kind)
+            metrics.record(outcome, route.kind, resp.status if resp else None, seconds)
         if snapshot.access_log:
             access_logger.info(
                 "%s %s %s upstream_ms=%.1f rerank_ms=%.1f total_ms=%.1f rerank=%s%s",
@@ -60,23 +66,47 @@ async def handle(request: web.Request) -> web.StreamResponse:
                 resp.status if resp is not None else "-",
                 outcome.upstream_ms,
                 outcome.rerank_ms,
-                (time.perf_counter() - started) * 1000,
+                seconds * 1000,
                 outcome.state,
                 f"({outcome.reason_header()})" if outcome.reason_header() else "",
             )
 
 
+async def _probe_upstream(app: web.Application) -> None:
+    """Check in the background that the cluster answers; readiness reports the last result."""
+    upstream, state = app[UPSTREAM], app[STATE]
+    interval = app[SETTINGS].static.upstream.probe_interval
+    while True:
+        error = await upstream.probe()
+        if (error is None) != state.upstream_ok:
+            if error is None:
+                logger.info("upstream %s answers", upstream.display_url)
+            else:
+                logger.warning("upstream not ready: %s", error)
+        state.upstream_ok, state.upstream_error = error is None, error or ""
+        await asyncio.sleep(interval)
+
+
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
-    upstream = app[UPSTREAM]
+    upstream, state = app[UPSTREAM], app[STATE]
     await upstream.start()
-    app[STATE].ready = True
+    state.started_up = True
     logger.info("proxying to %s", upstream.display_url)
     if upstream.url_has_credentials:
         logger.warning("credentials in upstream.url are ignored: clients' own are forwarded")
+    probe: asyncio.Task[None] | None = None
+    if app[SETTINGS].static.upstream.probe_interval > 0:
+        probe = asyncio.get_running_loop().create_task(_probe_upstream(app), name="upstream-probe")
+    else:
+        state.upstream_ok = True  # not checked: readiness ignores the cluster
     try:
         yield
     finally:
-        app[STATE].ready = False
+        state.started_up = False
+        if probe is not None:
+            probe.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await probe
         await upstream.close()
         reranker = app.get(RERANKER)
         if reranker is not None:
@@ -89,9 +119,13 @@ def create_app(cfg: Config, *, reranker: Reranker | None = None) -> web.Applicat
     app[SETTINGS] = Settings(cfg)
     app[UPSTREAM] = Upstream(cfg.upstream)
     app[METRICS] = Metrics()
-    app[STATE] = AppState()
+    app[STATE] = state = AppState()
     if reranker is not None:
         app[RERANKER] = reranker
+        reranker.set_observer(app[METRICS])
+    app[METRICS].watch(
+        lambda: not state.not_ready(reranker), reranker.health if reranker is not None else None
+    )
     app.cleanup_ctx.append(_lifecycle)
     admin.add_routes(app)
     app.router.add_route("*", "/{tail:.*}", handle)

@@ -97,8 +97,9 @@ class UpstreamConfig:
     probe_interval: float = opt(
         5.0,
         "Seconds between background checks that the cluster answers (and its TLS verifies);"
-        " `/_rerank_proxy/ready` reports the last result.",
-        gt=0,
+        " `/_rerank_proxy/ready` reports the last result. 0: no check, readiness ignores the"
+        " cluster.",
+        ge=0,
     )
     max_buffer_bytes: int = opt(
         32 * 1024 * 1024,

@@ -121,7 +121,11 @@ async def _rank(
         logger.warning("rerank %s open (%s) for %s: %s", state, exc.reason, what, exc)
         return ItemOutcome(state, exc.reason), None
     finally:
-        sr.outcome.rerank_ms += (time.perf_counter() - t0) * 1000
+        seconds = time.perf_counter() - t0
+        sr.outcome.rerank_ms += seconds * 1000
+        sr.app[METRICS].rerank_duration.observe(seconds)
+    if ranking is not None:
+        sr.app[METRICS].pairs_per_search.observe(ranking.pairs)
     return ItemOutcome(State.APPLIED), ranking
 
 

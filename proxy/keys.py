@@ -31,9 +31,27 @@ PROXY_PARAMS = frozenset({"rerank"})
 
 @dataclass(slots=True)
 class AppState:
-    ready: bool = False
+    """What readiness is made of, and the requests in flight."""
+
+    started_up: bool = False  # the upstream session is open
+    draining: bool = False  # SIGTERM received: finish, take no new traffic
+    upstream_ok: bool = False  # the last background probe reached the cluster
+    upstream_error: str = "not probed yet"
     inflight: int = 0
     started: float = field(default_factory=time.time)
+
+    def not_ready(self, reranker: Reranker | None) -> list[str]:
+        """Why the proxy should get no traffic now (empty: ready)."""
+        reasons = []
+        if self.draining:
+            reasons.append("draining: shutting down")
+        elif not self.started_up:
+            reasons.append("starting")
+        if not self.upstream_ok:
+            reasons.append(f"upstream: {self.upstream_error}")
+        if reranker is not None and not reranker.health().get("loaded"):
+            reasons.append("model: not loaded")
+        return reasons
 
 
 SETTINGS = web.AppKey("settings", Settings)

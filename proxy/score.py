@@ -13,6 +13,7 @@ either).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 import string
 from collections.abc import Mapping, Sequence
@@ -132,6 +133,7 @@ class Ranking:
     scores: tuple[float | None, ...]
     window: int
     max_score: float | None
+    pairs: int = 0  # (query, passage) pairs scored for it
 
 
 def rank(
@@ -202,7 +204,7 @@ async def score_window(
         flat_scores = iter(check_scores(raw, len(flat)))
         scores = iter([max(next(flat_scores) for _ in ps) for ps in passages])
         aligned = [None if t is None else next(scores) for t in texts]
-        return rank(window, plan.rule, aligned)
+        return dataclasses.replace(rank(window, plan.rule, aligned), pairs=len(flat))
     except TimeoutError as exc:
         raise RerankTimeout(f"rerank exceeded {plan.rule.timeout_ms} ms") from exc
     except RerankError:

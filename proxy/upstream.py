@@ -225,6 +225,19 @@ class Upstream:
         resp.release()
         return UpstreamResponse(resp.status, resp.headers, data)
 
+    async def probe(self) -> str | None:
+        """Is the cluster there? None when it answered anything over a verified connection.
+
+        Any HTTP status counts (a secured cluster answers the proxy's own, credential-less
+        request with 401): what readiness needs is a connection whose TLS verifies.
+        """
+        headers: CIMultiDict[str] = CIMultiDict({"Via": VIA})
+        try:
+            await self.fetch("GET", "/", headers, None, max_bytes=1 << 20)
+        except (UpstreamTimeout, UpstreamUnavailable) as exc:
+            return str(exc)
+        return None
+
     @staticmethod
     async def iter_body(resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
         """Stream a response body; errors are translated."""

@@ -30,10 +30,22 @@ if TYPE_CHECKING:
     from ..config import ModelConfig
 
 
+class RerankObserver(Protocol):
+    """Told what the reranker does, for metrics (`metrics.Metrics` is one)."""
+
+    def observe_group(self, size: int, queue_wait_s: float, inference_s: float) -> None: ...
+
+    def observe_lookups(self, hits: int, misses: int) -> None: ...
+
+
 class Reranker(Protocol):
     """Scores documents against a query; awaited on the event loop."""
 
     model_id: str
+
+    def set_observer(self, observer: RerankObserver | None) -> None:
+        """Report groups and cache lookups to `observer` from now on."""
+        ...
 
     def cached(self, query: str, docs: Sequence[str], *, max_length: int) -> list[float] | None:
         """Every document's score from the cache, or None if any is missing (never waits)."""

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from ..errors import RerankError, RerankOverloaded
-from .base import BatchPolicy, Executor, check_scores
+from .base import BatchPolicy, Executor, RerankObserver, check_scores
 
 logger = logging.getLogger(__name__)
 
@@ -46,14 +46,20 @@ class ScoreCache:
     def __len__(self) -> int:
         return len(self._data)
 
-    def get(self, key: CacheKey) -> float | None:
+    def get(self, key: CacheKey, *, count: bool = True) -> float | None:
+        """The cached score, or None; `count=False` for a look that is not a lookup."""
         value = self._data.get(key)
         if value is None:
-            self.misses += 1
+            self.misses += count
             return None
         self._data.move_to_end(key)
-        self.hits += 1
+        self.hits += count
         return value
+
+    @property
+    def hit_ratio(self) -> float:
+        total = self.hits + self.misses
+        return self.hits / total if total else 0.0
 
     def put(self, key: CacheKey, value: float) -> None:
         if self.capacity <= 0:
@@ -71,6 +77,7 @@ class _Pending:
     doc: str
     max_length: int
     future: asyncio.Future[float]
+    queued_at: float = 0.0
     waiters: int = 1
 
 
@@ -107,16 +114,24 @@ class RerankFront:
         self._slots = asyncio.Semaphore(max(1, executor.concurrency))
         self._running: set[asyncio.Task[None]] = set()
         self._worker: asyncio.Task[None] | None = None
+        self._observer: RerankObserver | None = None
 
     # -- Reranker --------------------------------------------------------------------------
 
+    def set_observer(self, observer: RerankObserver | None) -> None:
+        self._observer = observer
+
     def cached(self, query: str, docs: Sequence[str], *, max_length: int) -> list[float] | None:
+        # A look, not a lookup: a miss here is followed by `score`, which counts the pairs.
         out = []
         for doc in docs:
-            score = self.cache.get(cache_key(self.model_id, max_length, query, doc))
+            score = self.cache.get(cache_key(self.model_id, max_length, query, doc), count=False)
             if score is None:
                 return None
             out.append(score)
+        self.cache.hits += len(out)
+        if self._observer is not None:
+            self._observer.observe_lookups(len(out), 0)
         return out
 
     async def score(self, query: str, docs: Sequence[str], *, max_length: int) -> list[float]:
@@ -139,9 +154,11 @@ class RerankFront:
                 pending.waiters += 1
                 self.stats.deduplicated += 1
             else:
-                pending = _Pending(key, query, doc, max_length, loop.create_future())
+                pending = _Pending(key, query, doc, max_length, loop.create_future(), loop.time())
                 new.append(pending)
             mine.append((i, pending))
+        if self._observer is not None:
+            self._observer.observe_lookups(len(docs) - len(mine), len(mine))
         if len(self._queue) + len(new) > self.policy.max_queue:
             for _, p in mine:
                 p.waiters -= 1
@@ -176,6 +193,7 @@ class RerankFront:
             "queued_pairs": len(self._queue),
             "running_groups": len(self._running),
             "cache_entries": len(self.cache),
+            "cache_hit_ratio": self.cache.hit_ratio,
         }
 
     async def close(self) -> None:
@@ -236,9 +254,14 @@ class RerankFront:
         self.stats.batches += 1
         self.stats.pairs += len(pairs)
         self.stats.largest_batch = max(self.stats.largest_batch, len(pairs))
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         try:
             raw = await self.executor.run(pairs, group[0].max_length)
             scores = check_scores(raw, len(pairs))
+            if self._observer is not None:
+                waited = started - min(p.queued_at for p in group)
+                self._observer.observe_group(len(pairs), waited, loop.time() - started)
         except asyncio.CancelledError:
             self._fail(group, RerankError("the reranker is shutting down"))
             raise

@@ -420,11 +420,13 @@ class RunningProxy:
 
 
 def proxy_config(upstream_url: str, **upstream: object) -> dict[str, object]:
-    """The raw config the tests use: fake backend, short timeouts."""
+    """The raw config the tests use: fake backend, short timeouts, no readiness probe (its
+    requests would add to what the fake upstream counts; tests of the probe turn it on)."""
     settings: dict[str, object] = {
         "url": upstream_url,
         "connect_timeout": 2.0,
         "read_timeout": 5.0,
+        "probe_interval": 0,
         **upstream,
     }
     return {"upstream": settings, "model": {"backend": "fake"}, "log_level": "WARNING"}

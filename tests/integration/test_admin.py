@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -12,17 +15,63 @@ from .conftest import StartProxy
 from .fakes import FakeUpstream, RunningProxy
 
 
-async def test_health_and_ready_answer_without_the_upstream(
+async def eventually_async(
+    get: Callable[[], Awaitable[Any]], check: Callable[[Any], bool], tries: int = 500
+) -> None:
+    """Poll `get()` until `check` holds (each try a real request; no clock involved)."""
+    for _ in range(tries):
+        if check(await get()):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition never held")
+
+
+async def _ready(proxy: RunningProxy) -> tuple[int, dict[str, object]]:
+    resp = await proxy.get("/_rerank_proxy/ready")
+    return resp.status, json.loads(resp.body)
+
+
+async def test_ready_follows_the_upstream_and_health_does_not(
     start_proxy: StartProxy, closed_port: int
 ) -> None:
-    # Liveness and readiness are about the proxy process: a down cluster changes neither.
-    proxy = await start_proxy(url=f"http://127.0.0.1:{closed_port}")
+    """Readiness is 503 while the cluster does not answer and 200 once it does; liveness
+    (`/health`) is about the process alone."""
+    proxy = await start_proxy(url=f"http://127.0.0.1:{closed_port}", probe_interval=0.05)
     health = await proxy.get("/_rerank_proxy/health")
     assert health.status == 200
     assert json.loads(health.body) == {"status": "ok", "version": __version__}
-    ready = await proxy.get("/_rerank_proxy/ready")
-    assert ready.status == 200
-    assert json.loads(ready.body)["ready"] is True
+    await eventually_async(lambda: _ready(proxy), lambda r: r[0] == 503 and "reasons" in r[1])
+    _, body = await _ready(proxy)
+    assert body["ready"] is False
+    assert [r.split(":")[0] for r in body["reasons"]] == ["upstream"]  # type: ignore[union-attr]
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    # The cluster comes back (a secured one: 401 to the proxy's credential-less probe).
+    server = await asyncio.start_server(answer, "127.0.0.1", closed_port)
+    try:
+        await eventually_async(lambda: _ready(proxy), lambda r: r[0] == 200)
+        assert (await _ready(proxy))[1] == {"ready": True, "model": None}
+        metrics = json.loads((await proxy.get("/_rerank_proxy/metrics?format=json")).body)
+        assert metrics["rerank_proxy_ready"] == 1
+        assert (await proxy.get("/_rerank_proxy/health")).status == 200
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_ready_is_503_when_the_upstream_tls_does_not_verify(
+    start_proxy: StartProxy, upstream: FakeUpstream
+) -> None:
+    """An https:// upstream that speaks plain HTTP (or presents an untrusted certificate)
+    never verifies: readiness says so."""
+    proxy = await start_proxy(url=f"https://127.0.0.1:{upstream.port}", probe_interval=0.05)
+    await eventually_async(lambda: _ready(proxy), lambda r: r[0] == 503 and "reasons" in r[1])
+    assert str((await _ready(proxy))[1]["reasons"]).startswith("['upstream: ")
 
 
 async def test_admin_requests_are_not_forwarded(
@@ -51,7 +100,7 @@ async def test_metrics_count_forwarded_requests_and_upstream_errors(
     await proxy.get("/_rerank_proxy/health")  # admin calls are not counted
 
     doc = json.loads((await proxy.get("/_rerank_proxy/metrics?format=json")).body)
-    assert doc['rerank_proxy_requests_total{route="pass"}'] == 3
+    assert doc['rerank_proxy_requests_total{route="pass",status_class="2xx"}'] == 3
     text = await proxy.get("/_rerank_proxy/metrics")
     assert text.status == 200
     assert (text.header("Content-Type") or "").startswith("text/plain")
@@ -59,14 +108,16 @@ async def test_metrics_count_forwarded_requests_and_upstream_errors(
     requests = families["rerank_proxy_requests"]
     assert requests.type == "counter"
     assert [(s.name, s.labels, s.value) for s in requests.samples if s.name.endswith("_total")] == [
-        ("rerank_proxy_requests_total", {"route": "pass"}, 3.0)
+        ("rerank_proxy_requests_total", {"route": "pass", "status_class": "2xx"}, 3.0)
     ]
 
     down = await start_proxy(url=f"http://127.0.0.1:{closed_port}")
     assert (await down.get("/idx/_doc/1")).status == 502
     doc = json.loads((await down.get("/_rerank_proxy/metrics?format=json")).body)
-    counted = {k: v for k, v in doc.items() if v}
+    counted = {
+        k: v for k, v in doc.items() if k.startswith("rerank_proxy_") and "_total" in k and v
+    }
     assert counted == {
-        'rerank_proxy_requests_total{route="pass"}': 1,
+        'rerank_proxy_requests_total{route="pass",status_class="5xx"}': 1,
         'rerank_proxy_upstream_errors_total{status="502"}': 1,
     }

@@ -108,7 +108,8 @@ async def test_applied_is_counted_in_the_exposition(proxies: Proxies, engine: En
     }
     searches = {k[1]: v for k, v in samples.items() if k[0] == "rerank_proxy_searches_total"}
     assert searches == {(("outcome", "applied"), ("reason", "none")): 1}
-    assert samples[("rerank_proxy_requests_total", (("route", "search"),))] == 1
+    requests = ("rerank_proxy_requests_total", (("route", "search"), ("status_class", "2xx")))
+    assert samples[requests] == 1
     assert samples[("rerank_proxy_hits_without_text_total", ())] == 1  # d9 has no title
     assert len(engine.requests) == 1  # the admin route is the proxy's own
 

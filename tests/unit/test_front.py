@@ -264,6 +264,7 @@ async def test_describe_and_health_say_what_runs_and_how_busy() -> None:
             "queued_pairs": 0,
             "running_groups": 0,
             "cache_entries": 2,
+            "cache_hit_ratio": 0.0,
         }
     finally:
         await front.close()

@@ -45,7 +45,7 @@ def test_msearch_items_skipped_for_different_reasons_make_a_valid_exposition() -
         [ItemOutcome(State.SKIPPED, Reason.DISABLED), ItemOutcome(State.SKIPPED, Reason.SORT)]
     )
     assert outcome.headers()["X-Rerank-Reason"] == "disabled+sort"
-    metrics.record(outcome, "msearch")
+    metrics.record(outcome, "msearch", 200, 0.01)
     text = metrics.exposition().decode()
     families = {f.name: f for f in text_string_to_metric_families(text)}
     searches = {
@@ -63,7 +63,7 @@ def test_every_reason_is_a_valid_label_and_header_value() -> None:
     for reason in Reason:
         o = Outcome()
         o.single(State.FAILED, reason)
-        metrics.record(o, "search")
+        metrics.record(o, "search", 200, 0.01)
     text = metrics.exposition().decode()
     parsed = list(text_string_to_metric_families(text))
     reasons = {
