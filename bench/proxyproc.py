@@ -76,6 +76,7 @@ def proxy_config(
     """A proxy config: reranking only on the given index rules (`defaults` disabled);
     `model_opts` are further `model` keys (`max_length`, `batch_wait_ms`, `max_group`, ...)."""
     return {
+        "listen": {"drain_delay": 0},
         "upstream": {"url": upstream, "read_timeout": 900},
         "model": {"name": str(model), "backend": backend, **model_opts},
         "defaults": {"enabled": False},
@@ -130,9 +131,12 @@ def start_proxy(
     return ProxyProcess(proc, ready[0], log_path, time.monotonic() - t0)
 
 
-def proxy_metrics(url: str) -> dict[str, int]:
-    """The proxy's counters (`/_rerank_proxy/metrics?format=json`)."""
-    return dict(http_json("GET", f"{url}/_rerank_proxy/metrics?format=json", timeout=10))
+def proxy_metrics(url: str) -> dict[str, float]:
+    """The proxy's own counters that moved (`/_rerank_proxy/metrics?format=json`)."""
+    samples = http_json("GET", f"{url}/_rerank_proxy/metrics?format=json", timeout=10)
+    return {
+        k: v for k, v in samples.items() if k.startswith("rerank_proxy_") and "_total" in k and v
+    }
 
 
 @contextlib.contextmanager

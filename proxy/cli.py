@@ -11,7 +11,6 @@ import asyncio
 import dataclasses
 import logging
 import os
-import signal
 import sys
 from collections.abc import Callable, Sequence
 from urllib.parse import urlsplit
@@ -25,11 +24,11 @@ def _env(name: str) -> str | None:
     return os.environ.get(f"RERANK_PROXY_{name}") or None
 
 
-def _parse_listen(value: str) -> ListenConfig:
+def _parse_listen(value: str, base: ListenConfig) -> ListenConfig:
     host, _, port = value.rpartition(":")
     if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ConfigError([f"--listen: expected HOST:PORT, got {value!r}"])
-    return ListenConfig(host=host.strip("[]"), port=int(port))
+    return dataclasses.replace(base, host=host.strip("[]"), port=int(port))
 
 
 def build_config(args: argparse.Namespace) -> Config:
@@ -38,7 +37,7 @@ def build_config(args: argparse.Namespace) -> Config:
     cfg = load_config(path) if path else parse_config({}, "<defaults>")
     listen = args.listen or _env("LISTEN")
     if listen:
-        cfg = dataclasses.replace(cfg, listen=_parse_listen(listen))
+        cfg = dataclasses.replace(cfg, listen=_parse_listen(listen, cfg.listen))
     upstream = args.upstream or _env("UPSTREAM")
     if upstream:
         parts = urlsplit(upstream)
@@ -64,52 +63,6 @@ def build_config(args: argparse.Namespace) -> Config:
         checked = parse_config(raw, "<flags>")
         cfg = dataclasses.replace(cfg, log_level=checked.log_level, log_format=checked.log_format)
     return cfg
-
-
-async def _serve(cfg: Config) -> None:
-    from aiohttp import web
-    from yarl import URL
-
-    from .app import create_app, make_runner
-    from .rerank.base import BatchPolicy, load_backend, resolve_backend_name
-    from .rerank.front import RerankFront
-    from .rerank.local import LocalExecutor
-    from .rerank.standin import is_standin
-
-    backend_name = resolve_backend_name(cfg.model)
-    logger.info(
-        "loading model %s (backend %s, device %s)", cfg.model.name, backend_name, cfg.model.device
-    )
-    loop = asyncio.get_running_loop()
-    backend = await loop.run_in_executor(None, load_backend, cfg.model)
-    if is_standin(cfg.model.name):
-        logger.warning(
-            "STAND-IN MODEL %s: random weights, the reranked order is MEANINGLESS."
-            " Point model.name at the real %s for real rankings.",
-            cfg.model.name,
-            "mixedbread-ai/mxbai-rerank-xsmall-v1",
-        )
-    executor = LocalExecutor(backend, name=backend_name)
-    policy = BatchPolicy.for_model(
-        cfg.model, device=executor.device, batch_size=executor.batch_size
-    )
-    reranker = RerankFront(executor, policy, cache_size=cfg.model.cache_size)
-    app = create_app(cfg, reranker=reranker)
-    runner = make_runner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, cfg.listen.host, cfg.listen.port)
-    await site.start()
-    addresses = runner.addresses
-    port = addresses[0][1] if addresses else cfg.listen.port
-    upstream = URL(cfg.upstream.url).with_user(None)  # never log credentials
-    logger.info("listening on http://%s:%s -> %s", cfg.listen.host, port, upstream)
-    print(f"rerank-proxy listening on http://{cfg.listen.host}:{port}", flush=True)
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    logger.info("shutting down: finishing in-flight requests")
-    await runner.cleanup()
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -155,9 +108,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .log import setup_logging
 
     setup_logging(cfg.log_level, cfg.log_format)
+    from .serve import serve as run_proxy
+
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            runner.run(_serve(cfg))
+            runner.run(run_proxy(cfg, lambda: build_config(args)))
     except ModelLoadError as exc:
         logger.error("%s", exc)
         return 1

@@ -12,12 +12,32 @@ and are not applied).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from .config import Config, Rules
 
-#: top-level keys that take effect only at start-up
+#: top-level keys that take effect only at start-up (`listen` in part: see `restart_keys`)
 STATIC_KEYS = ("listen", "upstream", "model", "log_format")
+
+
+def restart_keys(old: Config, new: Config) -> list[str]:
+    """The static settings `new` changes, which need a restart to take effect.
+
+    Of `listen`, the address, turning TLS on or off and the client CA's presence need a new
+    listener; new certificate files and `drain_delay` do not.
+    """
+    out = []
+    a, b = old.listen, new.listen
+    for key in ("host", "port"):
+        if getattr(a, key) != getattr(b, key):
+            out.append(f"listen.{key}")
+    if bool(a.tls_cert) != bool(b.tls_cert) or bool(a.client_ca) != bool(b.client_ca):
+        out.append(
+            "listen.tls_cert" if bool(a.tls_cert) != bool(b.tls_cert) else "listen.client_ca"
+        )
+    out += [k for k in STATIC_KEYS[1:] if getattr(old, k) != getattr(new, k)]
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +67,17 @@ class Settings:
     def replace(self, cfg: Config) -> list[str]:
         """Take `cfg`'s reloadable settings; return the static keys that would need a restart.
 
-        The static part is never half-applied: it stays as it was, whatever `cfg` says.
+        The static part is never half-applied: it stays as it was, whatever `cfg` says, except
+        the listener's certificate files and drain delay (the caller re-reads the files).
         """
+        needs_restart = restart_keys(self.static, cfg)
         self._current = Snapshot.of(cfg)
-        return [k for k in STATIC_KEYS if getattr(cfg, k) != getattr(self.static, k)]
+        listen = dataclasses.replace(
+            self.static.listen,
+            tls_cert=cfg.listen.tls_cert if self.static.listen.tls_cert else None,
+            tls_key=cfg.listen.tls_key if self.static.listen.tls_cert else None,
+            client_ca=cfg.listen.client_ca if self.static.listen.client_ca else None,
+            drain_delay=cfg.listen.drain_delay,
+        )
+        self.static = dataclasses.replace(self.static, listen=listen)
+        return needs_restart

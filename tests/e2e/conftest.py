@@ -99,6 +99,7 @@ def _index_scifact(client: Any, data: SciFact) -> None:
 
 def proxy_config(engine_url: str, model_dir: Path, **rule: Any) -> dict[str, Any]:
     return {
+        "listen": {"drain_delay": 0},
         "upstream": {"url": engine_url, "read_timeout": 120},
         "model": {
             "name": str(model_dir),

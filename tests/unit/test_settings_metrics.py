@@ -32,8 +32,8 @@ def test_static_changes_are_reported_and_not_applied() -> None:
         model=dataclasses.replace(old.model, name="other/model"),
         defaults=RuleConfig(window=7),
     )
-    assert settings.replace(new) == ["listen", "model"]
-    assert settings.static is old
+    assert settings.replace(new) == ["listen.port", "model"]
+    assert settings.static == old
     assert settings.current.rules.defaults.window == 7
 
 
@@ -54,7 +54,7 @@ def test_msearch_items_skipped_for_different_reasons_make_a_valid_exposition() -
         if s.name.endswith("_total")
     }
     assert searches == {("skipped", "disabled"): 1.0, ("skipped", "sort"): 1.0}
-    assert all(n.startswith("rerank_proxy_") for n in families)
+    assert all(n.startswith(("rerank_proxy_", "process_")) for n in families)
     assert "disabled+sort" not in text
 
 

@@ -1,0 +1,51 @@
+"""TLS on the listening side: the server context, and swapping certificates on reload.
+
+Elasticsearch 8 serves HTTPS by default, so its clients use `https://` and a CA file; the
+proxy terminates TLS itself so they change nothing but the host. The context allows TLS 1.2
+and later only (Python's default ciphers), speaks HTTP/1.1 over ALPN, and asks for a client
+certificate signed by `listen.client_ca` when one is configured (mutual TLS).
+
+Certificates are re-read on reload without closing the listener: the listening context's
+SNI callback hands each new handshake the latest context (`ssl.SSLObject.context` may be
+replaced there), while established connections keep the one they started with. A reload
+whose files do not load leaves the running certificates in place.
+"""
+
+from __future__ import annotations
+
+import ssl
+
+from .config import ListenConfig
+
+
+def _context(listen: ListenConfig) -> ssl.SSLContext:
+    if not listen.tls_cert:
+        raise ValueError("listen.tls_cert is not set")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_alpn_protocols(["http/1.1"])
+    ctx.load_cert_chain(listen.tls_cert, listen.tls_key)
+    if listen.client_ca:
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.load_verify_locations(cafile=listen.client_ca)
+    return ctx
+
+
+class ServerTLS:
+    """The listening context, whose certificates `reload` can replace."""
+
+    def __init__(self, listen: ListenConfig) -> None:
+        self._current = _context(listen)
+        self.context = _context(listen)
+        self.context.sni_callback = self._pick
+
+    def _pick(self, sslobj: ssl.SSLObject, name: str | None, ctx: ssl.SSLContext) -> None:
+        sslobj.context = self._current
+
+    def reload(self, listen: ListenConfig) -> None:
+        """Load the (same-named or new) files; raises OSError/ssl.SSLError and keeps the old."""
+        self._current = _context(listen)
+
+
+def server_tls(listen: ListenConfig) -> ServerTLS | None:
+    return ServerTLS(listen) if listen.tls_cert else None
