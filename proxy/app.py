@@ -59,17 +59,52 @@ async def handle(request: web.Request) -> web.StreamResponse:
         if route.kind != "admin":
             metrics.record(outcome, route.kind, resp.status if resp else None, seconds)
         if snapshot.access_log:
-            access_logger.info(
-                "%s %s %s upstream_ms=%.1f rerank_ms=%.1f total_ms=%.1f rerank=%s%s",
-                request.method,
-                path,
-                resp.status if resp is not None else "-",
-                outcome.upstream_ms,
-                outcome.rerank_ms,
-                seconds * 1000,
-                outcome.state,
-                f"({outcome.reason_header()})" if outcome.reason_header() else "",
-            )
+            _access_line(request, path, resp, outcome, seconds)
+
+
+def _sent_bytes(resp: web.StreamResponse | None) -> int:
+    if resp is None:
+        return 0
+    # A streamed response was written already; a plain one is written after the handler.
+    return resp.body_length or resp.content_length or 0
+
+
+def _access_line(
+    request: web.Request,
+    path: str,
+    resp: web.StreamResponse | None,
+    outcome: Outcome,
+    seconds: float,
+) -> None:
+    """One INFO line per request; in JSON mode its fields are keys. No query text here
+    (DEBUG only) and never a credential: headers are not logged, only `X-Opaque-Id`."""
+    reason = outcome.reason_header()
+    access_logger.info(
+        "%s %s %s upstream_ms=%.1f rerank_ms=%.1f total_ms=%.1f rerank=%s%s",
+        request.method,
+        path,
+        resp.status if resp is not None else "-",
+        outcome.upstream_ms,
+        outcome.rerank_ms,
+        seconds * 1000,
+        outcome.state,
+        f"({reason})" if reason else "",
+        extra={
+            "method": request.method,
+            "path": path,
+            "status": resp.status if resp is not None else None,
+            "target": outcome.target or None,
+            "rule": outcome.rule or None,
+            "outcome": str(outcome.state),
+            "reason": reason or None,
+            "upstream_ms": round(outcome.upstream_ms, 2),
+            "rerank_ms": round(outcome.rerank_ms, 2),
+            "total_ms": round(seconds * 1000, 2),
+            "bytes": _sent_bytes(resp),
+            "client": request.remote,
+            "request_id": request.headers.get("X-Opaque-Id"),
+        },
+    )
 
 
 async def _probe_upstream(app: web.Application) -> None:

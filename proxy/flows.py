@@ -53,12 +53,14 @@ async def rerank_request(
 ) -> web.StreamResponse:
     """Answer one search request (`route.kind` is a search kind)."""
     single = route.kind in ("search", "search_template")
+    outcome.target = ",".join(route.targets)
     if request.headers.get("X-Rerank", "").lower() in _OFF:
         return await _stream_skipped(request, outcome, Reason.CLIENT_OFF)
     rule: RuleConfig | None = None
     if single:
         # Decisions that need no body: the request streams through without buffering.
         rule = resolve_rule(snapshot.rules, route.targets)
+        outcome.rule = rule_name(rule, snapshot.rules.defaults)
         if rule is None:
             return await _stream_skipped(request, outcome, Reason.MIXED_RULES)
         if not rule.enabled:
@@ -73,6 +75,13 @@ async def rerank_request(
         return await flow
     except UpstreamError as exc:
         return upstream_error_response(request, exc)
+
+
+def rule_name(rule: RuleConfig | None, defaults: RuleConfig) -> str:
+    """How logs name a rule: its first `match` entry, `defaults`, or `mixed`."""
+    if rule is None:
+        return "mixed"
+    return "defaults" if rule is defaults or not rule.match else rule.match[0]
 
 
 async def _stream_skipped(
@@ -111,6 +120,13 @@ async def _rank(
         sr.app[METRICS].hits_without_text.inc(missing)
     max_length = plan.rule.max_length or sr.app[SETTINGS].static.model.max_length
     window = doc["hits"]["hits"][: plan.rule.window]
+    logger.debug(
+        "rerank %s: query %r, %d hits in the window, %d without text",
+        what,
+        plan.query,
+        len(window),
+        missing,
+    )
     t0 = time.perf_counter()
     try:
         ranking = await score_window(

@@ -1,33 +1,53 @@
-"""Logging set-up for the CLI: text or JSON lines. Only the CLI configures handlers."""
+"""Logging set-up for the CLI: text or JSON lines. Only the CLI configures handlers.
+
+JSON lines come from `python-json-logger` (one object per line; `extra=` fields become keys;
+tracebacks and warnings go through the same formatter). The access logger passes its fields
+as `extra`, so in JSON mode every access line carries method, path, status, target index,
+rule, outcome, reason, times, bytes, client address and request id as separate keys. Libraries
+that print on their own (transformers, huggingface_hub, tqdm progress bars) are routed
+through the root handler, and progress bars are off in JSON mode.
+"""
 
 from __future__ import annotations
 
-import json
 import logging
+import os
 import sys
-import time
+
+from pythonjsonlogger.json import JsonFormatter
+
+_LIBRARIES = ("transformers", "huggingface_hub", "sentence_transformers", "onnxruntime", "torch")
 
 
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        payload = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        if record.exc_info:
-            payload["exc"] = self.formatException(record.exc_info)
-        return json.dumps(payload, ensure_ascii=False)
+def json_formatter() -> logging.Formatter:
+    return JsonFormatter(
+        "%(levelname)s %(name)s %(message)s",
+        rename_fields={"levelname": "level", "name": "logger"},
+        timestamp="ts",
+        json_ensure_ascii=False,
+    )
+
+
+def adopt_library_loggers() -> None:
+    """Send libraries' own log handlers through ours (call again after importing them)."""
+    for name in _LIBRARIES:
+        lib = logging.getLogger(name)
+        lib.handlers[:] = []
+        lib.propagate = True
 
 
 def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
-        handler.setFormatter(JsonFormatter())
+        handler.setFormatter(json_formatter())
+        # No progress bars or colours in machine-read logs.
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("TQDM_DISABLE", "1")
+        os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    logging.captureWarnings(True)  # warnings.warn(...) becomes a `py.warnings` log record
+    adopt_library_loggers()

@@ -98,6 +98,8 @@ class Outcome:
     rerank_ms: float = 0.0
     searches: list[ItemOutcome] = field(default_factory=list)
     multi: bool = False  # an `_msearch`: per-item states go in `X-Rerank-Items`
+    target: str = ""  # the search's target indices, as the path names them
+    rule: str = ""  # which index rule applied (its first `match` entry, or `defaults`)
 
     def single(self, state: State, reason: Reason = Reason.NONE) -> None:
         """Record the outcome of a request that carries one search."""

@@ -25,6 +25,7 @@ from yarl import URL
 from .app import create_app, make_runner
 from .config import Config, ConfigError
 from .keys import METRICS, SETTINGS, STATE
+from .log import adopt_library_loggers
 from .rerank.front import RerankFront
 from .tls import ServerTLS, server_tls
 
@@ -84,6 +85,7 @@ async def serve(cfg: Config, read_config: Callable[[], Config]) -> None:
     """Run the proxy until SIGTERM/SIGINT, then drain and stop."""
     loop = asyncio.get_running_loop()
     reranker = await loop.run_in_executor(None, load_reranker, cfg)
+    adopt_library_loggers()  # transformers & co. installed handlers of their own on import
     app = create_app(cfg, reranker=reranker)
     tls = server_tls(cfg.listen)
     runner = make_runner(app)

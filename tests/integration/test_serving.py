@@ -308,3 +308,49 @@ def _version() -> str:
     from proxy import __version__
 
     return __version__
+
+
+async def test_json_logs_carry_fields_and_never_credentials(
+    spawn: Any, upstream: FakeUpstream
+) -> None:
+    _hits_reply(upstream)
+    proc = await spawn({**_config(upstream.url), "log_format": "json", "log_level": "DEBUG"})
+    headers = {
+        "Content-Type": "application/json",
+        "Authorization": "Basic ZWxhc3RpYzpzM2NyZXQ=",  # elastic:s3cret
+        "X-Opaque-Id": "req-42",
+    }
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(proc.url + "/books/_search?q=x", data=SEARCH, headers=headers) as resp,
+    ):
+        assert resp.headers["X-Rerank"] == "applied"
+        sent = int(resp.headers["Content-Length"])  # on the wire (gzip: aiohttp asks for it)
+    assert (await _get(proc.url, False, "/_rerank_proxy/health"))[0] == 200
+    await proc.wait_log("GET /_rerank_proxy/health 200")
+    proc.proc.send_signal(signal.SIGTERM)
+    await proc.proc.wait()
+    lines = [json.loads(line) for line in proc.log_text().splitlines() if line.strip()]
+    [access] = [r for r in lines if r["logger"] == "proxy.access"]
+    assert {k: access[k] for k in ("level", "method", "path", "status", "target", "rule")} == {
+        "level": "INFO",
+        "method": "POST",
+        "path": "/books/_search",
+        "status": 200,
+        "target": "books",
+        "rule": "books",
+    }
+    assert (access["outcome"], access["reason"], access["request_id"]) == (
+        "applied",
+        None,
+        "req-42",
+    )
+    assert access["bytes"] == sent and access["client"] == "127.0.0.1"
+    assert access["upstream_ms"] >= 0 and access["rerank_ms"] >= 0 and "ts" in access
+    # Query text only at DEBUG; health probes only at DEBUG; no credential anywhere.
+    assert all(r["level"] == "DEBUG" for r in lines if "apple" in r["message"])
+    assert any("apple" in r["message"] for r in lines)
+    [probe] = [r for r in lines if "/_rerank_proxy/health" in r["message"]]
+    assert probe["level"] == "DEBUG"
+    text = proc.log_text()
+    assert "s3cret" not in text and "ZWxhc3RpYzpzM2NyZXQ=" not in text
