@@ -1,7 +1,11 @@
 """Command line: `rerank-proxy serve | check-config | config-table`.
 
-Every deployment flag is also an environment variable (RERANK_PROXY_*). Config problems are
-printed one per line and exit with status 2, without a traceback.
+Precedence: the config file, then environment variables, then flags. Every config key is an
+environment variable (`RERANK_PROXY_` + the key path in capitals, levels joined by `__`:
+`RERANK_PROXY_UPSTREAM__CA_FILE`), and every deployment flag has its own too
+(`RERANK_PROXY_LISTEN`, `_UPSTREAM`, `_MODEL`, ...); a `RERANK_PROXY_*` variable that is
+neither is an error. Config problems are printed one per line and exit with status 2,
+without a traceback.
 """
 
 from __future__ import annotations
@@ -15,7 +19,18 @@ import sys
 from collections.abc import Callable, Sequence
 from urllib.parse import urlsplit
 
-from .config import Config, ConfigError, ListenConfig, config_table, load_config, parse_config
+from . import __version__
+from .config import (
+    Config,
+    ConfigError,
+    ListenConfig,
+    config_table,
+    env_overrides,
+    load_config,
+    merge_raw,
+    parse_config,
+    read_raw,
+)
 
 logger = logging.getLogger("proxy")
 
@@ -34,7 +49,13 @@ def _parse_listen(value: str, base: ListenConfig) -> ListenConfig:
 def build_config(args: argparse.Namespace) -> Config:
     """Config file, then environment variables, then flags (flags win)."""
     path = args.config or _env("CONFIG")
-    cfg = load_config(path) if path else parse_config({}, "<defaults>")
+    raw = read_raw(path) if path else {}
+    cfg = parse_config(raw, str(path) if path else "<defaults>")
+    overrides, problems = env_overrides(os.environ)
+    if problems:
+        raise ConfigError(problems)
+    if overrides:
+        cfg = parse_config(merge_raw(raw, overrides), "<environment>")
     listen = args.listen or _env("LISTEN")
     if listen:
         cfg = dataclasses.replace(cfg, listen=_parse_listen(listen, cfg.listen))
@@ -76,6 +97,7 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rerank-proxy", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"rerank-proxy {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the proxy")
     serve.add_argument("--config", help="YAML config file [RERANK_PROXY_CONFIG]")

@@ -497,6 +497,11 @@ def load_config(path: str | Path) -> Config:
 
     Every problem line starts with the path as given (`config/proxy.yaml: ...`).
     """
+    return parse_config(read_raw(path), str(path))
+
+
+def read_raw(path: str | Path) -> Any:
+    """The decoded YAML of a config file (not validated); ConfigError if it cannot be read."""
     p = Path(path)
     name = str(path)
     try:
@@ -512,7 +517,101 @@ def load_config(path: str | Path) -> Config:
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError([f"{name}: invalid YAML{where}: {problem}"]) from exc
-    return parse_config(raw, name)
+    return raw
+
+
+# -- environment variables -----------------------------------------------------------------
+
+ENV_PREFIX = "RERANK_PROXY_"
+#: variables with a meaning of their own: the CLI flags' twins (`--listen HOST:PORT`,
+#: `--upstream URL`, `--model NAME`, ...) and the tooling's (cache and state directories)
+ENV_NOT_KEYS = frozenset(
+    {
+        "CONFIG",
+        "LISTEN",
+        "UPSTREAM",
+        "MODEL",
+        "BACKEND",
+        "DEVICE",
+        "LOG_LEVEL",
+        "LOG_FORMAT",
+        "CACHE",
+        "STATE",
+        "VENV",
+        "SHARED",
+        "HELM",
+        "BIN",
+        "KEEP_ENGINES",
+    }
+)
+
+
+def env_name(path: Sequence[str]) -> str:
+    """A key path's variable: `("upstream", "ca_file")` -> `RERANK_PROXY_UPSTREAM__CA_FILE`."""
+    return ENV_PREFIX + "__".join(p.upper() for p in path)
+
+
+def _env_keys() -> dict[str, tuple[str, ...]]:
+    out: dict[str, tuple[str, ...]] = {}
+    hints = typing.get_type_hints(Config)
+    for f in dataclasses.fields(Config):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            for sub in dataclasses.fields(tp):
+                out[env_name((f.name, sub.name))] = (f.name, sub.name)
+        else:
+            out[env_name((f.name,))] = (f.name,)
+    return out
+
+
+def env_overrides(environ: Mapping[str, str]) -> tuple[dict[str, Any], list[str]]:
+    """Config keys set by `RERANK_PROXY_<KEY PATH>` variables, and the problems found.
+
+    The rule: the key path in capitals, levels joined by a double underscore
+    (`RERANK_PROXY_UPSTREAM__CA_FILE`, `RERANK_PROXY_DEFAULTS__WINDOW`,
+    `RERANK_PROXY_ACCESS_LOG`). Values are read as YAML (`true`, `5`, `[title, body]`). A
+    variable with the prefix that names no key, and is none of `ENV_NOT_KEYS`, is a problem:
+    a typo must not be ignored. Empty values are ignored.
+    """
+    keys = _env_keys()
+    raw: dict[str, Any] = {}
+    problems: list[str] = []
+    for name in sorted(environ):
+        if not name.startswith(ENV_PREFIX) or not environ[name]:
+            continue
+        if name[len(ENV_PREFIX) :] in ENV_NOT_KEYS:
+            continue
+        path = keys.get(name)
+        if path is None:
+            suffixes = [k[len(ENV_PREFIX) :] for k in keys]
+            close = difflib.get_close_matches(name[len(ENV_PREFIX) :], suffixes, n=1, cutoff=0.75)
+            hint = f" (did you mean {ENV_PREFIX}{close[0]}?)" if close else ""
+            problems.append(
+                f"{name}: names no config key{hint}; the rule is {env_name(('section', 'key'))}"
+            )
+            continue
+        try:
+            value = yaml.safe_load(environ[name])
+        except yaml.YAMLError:
+            value = environ[name]
+        target = raw
+        for part in path[:-1]:
+            target = target.setdefault(part, {})
+        target[path[-1]] = value
+    return raw, problems
+
+
+def merge_raw(base: Any, over: Mapping[str, Any]) -> Any:
+    """`over` laid on `base` (mappings merge key by key; anything else is replaced)."""
+    if not isinstance(base, Mapping):
+        return dict(over)
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge_raw(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 def template_fields(template: str) -> tuple[str, ...]:

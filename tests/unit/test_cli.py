@@ -14,16 +14,6 @@ import pytest
 from proxy.cli import build_config, main
 from proxy.config import ConfigError, ListenConfig
 
-ENV_NAMES = (
-    "CONFIG",
-    "LISTEN",
-    "UPSTREAM",
-    "MODEL",
-    "BACKEND",
-    "DEVICE",
-    "LOG_LEVEL",
-    "LOG_FORMAT",
-)
 BAD_YAML = "listen: {port: 70000}\ndefaults: {window: 0}\n"
 BAD_LINES = [
     "proxy.yaml: listen.port: must be <= 65535",
@@ -34,8 +24,9 @@ BAD_LINES = [
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No RERANK_PROXY_* variable of the caller's shell leaks in; run in a scratch dir."""
-    for name in ENV_NAMES:
-        monkeypatch.delenv(f"RERANK_PROXY_{name}", raising=False)
+    for name in list(os.environ):
+        if name.startswith("RERANK_PROXY_"):
+            monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
 
 
@@ -301,3 +292,105 @@ def test_bad_env_value_is_reported_like_the_flag(monkeypatch: pytest.MonkeyPatch
 def test_listen_port_out_of_range_is_a_config_problem() -> None:
     with pytest.raises(ConfigError):
         build_config(_args(listen="127.0.0.1:70000"))
+
+
+# -- every config key from the environment ---------------------------------------------
+
+ENV_KEYS = [
+    ("RERANK_PROXY_UPSTREAM__CA_FILE", "/etc/ca.pem", lambda c: c.upstream.ca_file, "/etc/ca.pem"),
+    ("RERANK_PROXY_UPSTREAM__READ_TIMEOUT", "7.5", lambda c: c.upstream.read_timeout, 7.5),
+    ("RERANK_PROXY_LISTEN__DRAIN_DELAY", "0", lambda c: c.listen.drain_delay, 0.0),
+    ("RERANK_PROXY_MODEL__MAX_GROUP", "32", lambda c: c.model.max_group, 32),
+    (
+        "RERANK_PROXY_DEFAULTS__FIELDS",
+        "[title, body]",
+        lambda c: c.defaults.fields,
+        ("title", "body"),
+    ),
+    ("RERANK_PROXY_DEFAULTS__ENABLED", "false", lambda c: c.defaults.enabled, False),
+    ("RERANK_PROXY_ACCESS_LOG", "false", lambda c: c.access_log, False),
+    (
+        "RERANK_PROXY_INDICES",
+        "[{match: [books], window: 7}]",
+        lambda c: (c.indices[0].match, c.indices[0].window),
+        (("books",), 7),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "get", "expected"), ENV_KEYS, ids=[k[0] for k in ENV_KEYS]
+)
+def test_every_config_key_has_an_environment_variable(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, get: Any, expected: Any
+) -> None:
+    path = _file("upstream: {read_timeout: 12.5}\ndefaults: {window: 9}\n")
+    monkeypatch.setenv(name, value)
+    cfg = build_config(_args(config=path))
+    assert get(cfg) == expected
+    assert cfg.defaults.window == 9  # the rest of the file stays
+
+
+def test_environment_keys_override_the_file_and_inherit_like_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    path = _file("indices: [{match: [books]}]\n")
+    monkeypatch.setenv("RERANK_PROXY_DEFAULTS__WINDOW", "11")
+    assert build_config(_args(config=path)).indices[0].window == 11  # rules inherit defaults
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "problem"),
+    [
+        (
+            "RERANK_PROXY_UPSTREAM__URI",
+            "http://x:9200",
+            "RERANK_PROXY_UPSTREAM__URI: names no config key"
+            " (did you mean RERANK_PROXY_UPSTREAM__URL?); the rule is RERANK_PROXY_SECTION__KEY",
+        ),
+        (
+            "RERANK_PROXY_NOPE",
+            "1",
+            "RERANK_PROXY_NOPE: names no config key; the rule is RERANK_PROXY_SECTION__KEY",
+        ),
+        (
+            "RERANK_PROXY_MODEL__MAX_GROUP",
+            "-1",
+            "<environment>: model.max_group: must be >= 0",
+        ),
+        (
+            "RERANK_PROXY_LISTEN__TLS_CERT",
+            "/a.pem",
+            "<environment>: listen.tls_key: listen.tls_cert and listen.tls_key go together",
+        ),
+    ],
+    ids=["typo", "unknown", "bad-value", "cross-check"],
+)
+def test_environment_problems_are_one_line_each(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    name: str,
+    value: str,
+    problem: str,
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as info:
+        build_config(_args())
+    assert info.value.problems == [problem]
+    assert main(["serve"]) == 2
+    assert capsys.readouterr().err == problem + "\n"
+
+
+def test_tooling_variables_are_not_config_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("STATE", "CACHE", "SHARED", "VENV", "HELM"):
+        monkeypatch.setenv(f"RERANK_PROXY_{name}", "/tmp/x")
+    build_config(_args())
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    from proxy import __version__
+
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out == f"rerank-proxy {__version__}\n"
