@@ -9,6 +9,7 @@ be served from one response (fail-open, shadow mode, side-by-side comparison).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from .filtering import apply_filter_path
@@ -55,12 +56,18 @@ def client_view(
     ranking: Ranking | None = None,
     *,
     apply_path: bool = True,
+    took_ms: float = 0.0,
 ) -> Any:
     """What the client's own request asks for, in `ranking`'s order (None: the engine's).
 
     `apply_path=False` leaves `filter_path` out (an `_msearch` applies it once, to the whole
-    response).
+    response). `took_ms`, the proxy's own time for this search, is added to the engine's
+    `took` (rounded up), so dashboards built on `took` see the search as the client waited
+    for it; `X-Rerank-Took-Ms` keeps the split.
     """
+    took = doc.get("took")
+    if took_ms > 0 and isinstance(took, int) and not isinstance(took, bool):
+        doc = {**doc, "took": took + math.ceil(took_ms)}
     hits = doc.get("hits")
     if isinstance(hits, dict) and isinstance(hits.get("hits"), list):
         page = _ordered(hits["hits"], ranking)[plan.from_ : plan.from_ + plan.size]

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Awaitable
 from typing import Any
@@ -193,7 +194,8 @@ async def _single(sr: SearchRequest, route: Route, rule: RuleConfig) -> web.Stre
         return sr.respond(fetched.up, client_view(doc, plan))
     result, ranking = await _rank(sr, plan, doc, sr.path)
     sr.outcome.single(result.state, result.reason)
-    return sr.respond(fetched.up, client_view(doc, plan, ranking))
+    view = client_view(doc, plan, ranking, took_ms=sr.outcome.rerank_ms)
+    return sr.respond(fetched.up, view)
 
 
 def _item_targets(head: dict[str, Any], route: Route) -> tuple[str, ...]:
@@ -262,12 +264,18 @@ async def _multi(sr: SearchRequest, route: Route) -> web.StreamResponse:
             return ItemOutcome(State.SKIPPED, reason), item
         if reason is not None:
             return ItemOutcome(State.SKIPPED, reason), client_view(item, plan, apply_path=False)
+        t0 = time.perf_counter()
         result, ranking = await _rank(sr, plan, item, f"msearch item {i}")
-        return result, client_view(item, plan, ranking, apply_path=False)
+        took_ms = (time.perf_counter() - t0) * 1000
+        return result, client_view(item, plan, ranking, apply_path=False, took_ms=took_ms)
 
+    t0 = time.perf_counter()
     results = await asyncio.gather(*(one(i, p) for i, p in enumerate(plans)))
     sr.outcome.items([r for r, _ in results])
     answer: Any = {**doc, "responses": [view for _, view in results]}
+    took = answer.get("took")
+    if isinstance(took, int) and not isinstance(took, bool):
+        answer["took"] = took + math.ceil((time.perf_counter() - t0) * 1000)
     if filter_paths:
         answer = apply_filter_path(answer, filter_paths[-1])
     return sr.respond(fetched.up, answer)

@@ -104,7 +104,10 @@ async def test_reranker_failure_serves_the_engines_order_from_one_search(
 
     assert (resp.status, rerank_headers(resp)) == (200, (state, reason))
     doc = json.loads(resp.body)
-    assert doc == search_answer("books", CLIENT)  # the engine's answer to the client's search
+    expected = search_answer("books", CLIENT)  # the engine's answer to the client's search
+    # ... except `took`, which includes the proxy's own time (at least 1 ms once it scored)
+    assert doc.pop("took") >= expected.pop("took") + 1
+    assert doc == expected
     assert ids(doc) == ENGINE_ORDER[2:5]
     assert not has_engine_score(doc)
     assert_widened_once(engine)
@@ -238,7 +241,9 @@ async def test_msearch_items_fail_open_one_by_one(
     first, second = json.loads(resp.body)["responses"]
     assert ids(first) == RERANKED[:4]
     assert has_engine_score(first)
-    assert second == {**search_answer("books", lines[3]), "status": 200}
+    expected = {**search_answer("books", lines[3]), "status": 200}
+    assert second.pop("took") >= expected.pop("took")  # plus the proxy's own time
+    assert second == expected
     [seen] = engine.requests
     assert seen.target == "/_msearch"
     sent = parse_lines(bytes(seen.body))

@@ -798,3 +798,20 @@ RESPONSES: list[tuple[str, Any, str | None]] = [
 )
 def test_rerankable_response(doc: Any, reason: str | None) -> None:
     assert rerankable_response(doc) == reason
+
+
+@pytest.mark.parametrize(
+    ("took", "took_ms", "expected"),
+    [(3, 0.0, 3), (3, 0.2, 4), (3, 12.0, 15), (None, 5.0, None), (True, 5.0, True)],
+    ids=["no-proxy-time", "rounded-up", "whole-ms", "no-took", "not-a-number"],
+)
+def test_took_includes_the_proxys_own_time(took: Any, took_ms: float, expected: Any) -> None:
+    doc = response([hit(0, 1.0)])
+    if took is None:
+        doc.pop("took", None)
+    else:
+        doc["took"] = took
+    before = copy.deepcopy(doc)
+    view = client_view(doc, plan_of(_q()), took_ms=took_ms)
+    assert view.get("took") == expected
+    assert doc == before
