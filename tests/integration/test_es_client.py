@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
+from aiohttp import web
 from elasticsearch8 import AsyncElasticsearch, Elasticsearch, UnsupportedProductError
 
-from .fakes import FakeUpstream, Received, RunningProxy, http_response
+from proxy.app import create_app, make_runner
+from proxy.config import parse_config
+from proxy.tls import server_tls
+
+from .fakes import FakeUpstream, Received, RunningProxy, http_response, proxy_config
 
 ES_MEDIA = "application/vnd.elasticsearch+json;compatible-with=8"
 INFO = {
@@ -70,8 +77,8 @@ def _check_media_types(upstream: FakeUpstream) -> None:
         assert (req.header("x-elastic-client-meta") or "").startswith("es=8")
 
 
-def _sync_session(url: str) -> dict[str, Any]:
-    with Elasticsearch(url, max_retries=0) as es:
+def _sync_session(url: str, **tls: Any) -> dict[str, Any]:
+    with Elasticsearch(url, max_retries=0, **tls) as es:
         info = es.info()
         created = es.index(index="idx", id="a/b", document={"title": "café ☕"}, refresh=True)
         got = es.options(opaque_id="op-1").get(index="idx", id="a/b")
@@ -84,8 +91,8 @@ def _sync_session(url: str) -> dict[str, Any]:
         }
 
 
-async def _async_session(url: str) -> dict[str, Any]:
-    async with AsyncElasticsearch(url, max_retries=0) as es:
+async def _async_session(url: str, **tls: Any) -> dict[str, Any]:
+    async with AsyncElasticsearch(url, max_retries=0, **tls) as es:
         info = await es.info()
         created = await es.index(index="idx", id="a/b", document={"title": "café ☕"}, refresh=True)
         got = await es.options(opaque_id="op-1").get(index="idx", id="a/b")
@@ -139,3 +146,39 @@ async def test_without_the_product_header_the_client_refuses(
         else:
             await _async_session(proxy.url)
     assert [r.target for r in upstream.requests] == ["/"]
+
+
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+async def test_elasticsearch8_client_with_ca_certs_through_the_https_listener(
+    upstream: FakeUpstream, tmp_path: Path, flavour: str
+) -> None:
+    """Elasticsearch 8's clients use https:// and a CA file: against the proxy, the same."""
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "proxy.crt"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "proxy.key"))
+    ca.cert_pem.write_to_path(str(tmp_path / "http_ca.crt"))
+    raw = proxy_config(upstream.url)
+    raw["listen"] = {
+        "tls_cert": str(tmp_path / "proxy.crt"),
+        "tls_key": str(tmp_path / "proxy.key"),
+    }
+    cfg = parse_config(raw)
+    tls = server_tls(cfg.listen)
+    assert tls is not None
+    runner = make_runner(create_app(cfg))
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls.context)
+    await site.start()
+    url = f"https://127.0.0.1:{runner.addresses[0][1]}"
+    upstream.handler = FakeElasticsearch()
+    options = {"ca_certs": str(tmp_path / "http_ca.crt")}
+    try:
+        if flavour == "sync":
+            result = await asyncio.to_thread(_sync_session, url, **options)
+        else:
+            result = await _async_session(url, **options)
+    finally:
+        await runner.cleanup()
+    assert result["version"] == "8.15.0" and result["source"] == {"title": "café ☕"}
+    _check_media_types(upstream)
