@@ -28,6 +28,7 @@ import yaml
 from .rerank.registry import BACKEND_CHOICES
 
 ScoreMode = Literal["replace", "blend"]
+RuleMode = Literal["rerank", "shadow"]
 PassageMode = Literal["off", "max"]
 Device = Literal["auto", "cpu", "cuda"]
 LogFormat = Literal["text", "json"]
@@ -204,6 +205,44 @@ class RuleConfig:
     passage_words: int = opt(200, "Words per passage in `passages: max` mode.", ge=8)
     passage_stride: int = opt(150, "Words between passage starts in `passages: max` mode.", ge=1)
     max_passages: int = opt(4, "Passages scored per document at most.", ge=1, le=64)
+    mode: RuleMode = opt(
+        "rerank",
+        "`rerank`: clients get the reranked order. `shadow`: clients get the engine's answer"
+        " with no added latency, and the rerank runs afterwards in the background to record"
+        " what it would have changed (metrics, `shadow.log`).",
+    )
+    sample: float = opt(
+        1.0,
+        "Share of searches reranked (a sampled rollout), chosen by a stable hash of the index"
+        " and query text, so every page of one search gets the same choice.",
+        ge=0,
+        le=1,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ShadowConfig:
+    queue: int = opt(
+        64, "Shadow reranks waiting at most; more are dropped (and counted) when busy.", ge=1
+    )
+    log: str | None = opt(
+        None,
+        "JSON Lines file to append sampled shadow comparisons to (engine order, reranked"
+        " order, scores); `rerank-proxy eval` can read it.",
+    )
+    log_sample: float = opt(1.0, "Share of shadow comparisons written to `shadow.log`.", ge=0, le=1)
+
+
+@dataclass(frozen=True, slots=True)
+class CompareConfig:
+    enabled: bool = opt(
+        False,
+        "Serve the side-by-side comparison page at `/_rerank_proxy/compare/` (it queries the"
+        " cluster with the caller's own credentials).",
+    )
+    qrels: str | None = opt(
+        None, "TREC or BEIR qrels file whose judgments the comparison page shows."
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,6 +261,8 @@ class Config:
     model: ModelConfig = opt(ModelConfig(), "The cross-encoder.")
     defaults: RuleConfig = opt(RuleConfig(), "Rule for indices no entry of `indices` matches.")
     indices: tuple[RuleConfig, ...] = opt((), "Index rules, first match wins (exact names first).")
+    shadow: ShadowConfig = opt(ShadowConfig(), "Shadow mode (rules with `mode: shadow`).")
+    compare: CompareConfig = opt(CompareConfig(), "The side-by-side comparison page.")
     log_level: LogLevel = opt("INFO", "Log level.")
     log_format: LogFormat = opt("text", "`text` or `json` log lines.")
     access_log: bool = opt(

@@ -22,7 +22,9 @@ from proxy.config import (
     template_fields,
 )
 
-KNOWN_TOP = "access_log, defaults, indices, listen, log_format, log_level, model, upstream"
+KNOWN_TOP = (
+    "access_log, compare, defaults, indices, listen, log_format, log_level, model, shadow, upstream"
+)
 KNOWN_LISTEN = "client_ca, drain_delay, host, port, tls_cert, tls_key"
 KNOWN_UPSTREAM = (
     "ca_file, client_cert, client_key, connect_timeout, max_buffer_bytes, max_connections,"
@@ -34,8 +36,8 @@ KNOWN_MODEL = (
 )
 KNOWN_RULE = (
     "blend_weight, enabled, expose_engine_score, fields, leading_words, match, max_length,"
-    " max_passages, min_score, passage_stride, passage_words, passages, query_param,"
-    " query_path, score_mode, template, timeout_ms, use_highlight, window"
+    " max_passages, min_score, mode, passage_stride, passage_words, passages, query_param,"
+    " query_path, sample, score_mode, template, timeout_ms, use_highlight, window"
 )
 
 
@@ -584,6 +586,8 @@ INHERITED: dict[str, tuple[Any, Any]] = {
     "passage_words": (100, 120),
     "passage_stride": (60, 70),
     "max_passages": (2, 3),
+    "mode": ("shadow", "rerank"),
+    "sample": (0.5, 0.25),
 }
 NOT_INHERITED = {"match", "enabled"}
 
