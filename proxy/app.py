@@ -19,13 +19,14 @@ from aiohttp import web
 from . import admin
 from .config import Config
 from .flows import rerank_request
-from .keys import METRICS, RERANKER, SETTINGS, STATE, UPSTREAM, AppState
+from .keys import METRICS, RERANKER, SETTINGS, SHADOW, STATE, UPSTREAM, AppState
 from .metrics import Metrics
 from .outcome import Outcome
 from .passthrough import forward
 from .rerank.base import Reranker
 from .routing import classify
 from .settings import Settings
+from .shadow import ShadowRunner
 from .upstream import Upstream
 
 logger = logging.getLogger(__name__)
@@ -138,6 +139,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         state.started_up = False
+        await app[SHADOW].close()
         if probe is not None:
             probe.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -158,6 +160,7 @@ def create_app(cfg: Config, *, reranker: Reranker | None = None) -> web.Applicat
     if reranker is not None:
         app[RERANKER] = reranker
         reranker.set_observer(app[METRICS])
+    app[SHADOW] = ShadowRunner(cfg.shadow, app[UPSTREAM], reranker, app[METRICS])
     app[METRICS].watch(
         lambda: not state.not_ready(reranker), reranker.health if reranker is not None else None
     )

@@ -36,13 +36,14 @@ from .config import RuleConfig, resolve_rule, split_targets
 from .errors import RerankError, RerankOverloaded, UpstreamError
 from .fetch import Fetched, SearchRequest, parse_ndjson, read_search, servable_as_is
 from .filtering import apply_filter_path
-from .keys import METRICS, PROXY_PARAMS, RERANKER, SETTINGS
+from .keys import METRICS, PROXY_PARAMS, RERANKER, SETTINGS, SHADOW
 from .outcome import ItemOutcome, Outcome, Reason, State
 from .passthrough import forward, upstream_error_response
-from .plan import PLAN_PARAMS, SearchPlan, Skip, plan_search, rerankable_response
+from .plan import PLAN_PARAMS, SearchPlan, Skip, plan_search, rerankable_response, sampled
 from .routing import Route, split_path_query, without_params
 from .score import Ranking, score_window, window_texts
 from .settings import Snapshot
+from .shadow import ShadowJob
 
 logger = logging.getLogger(__name__)
 _SOURCE_PARAMS = frozenset({"source", "source_content_type"})
@@ -180,8 +181,12 @@ async def _single(sr: SearchRequest, route: Route, rule: RuleConfig) -> web.Stre
     plan = plan_search(body, sr.params, rule, query_override=override)
     if isinstance(plan, Skip):
         return await _skip(sr, plan.reason)
+    if not sampled(rule, route.targets, plan.query):
+        return await _skip(sr, Reason.NOT_SAMPLED)
     path = sr.path[: -len("/template")] if route.kind == "search_template" else sr.path
     query = without_params(sr.raw_query, PLAN_PARAMS | _SOURCE_PARAMS)
+    if rule.mode == "shadow":
+        return await _shadow(sr, plan, path + ("?" + query if query else ""))
     fetched = await sr.fetch_window(path, query, jsoncodec.dumps(plan.body))
     doc = fetched.doc
     if fetched.up is None or fetched.problem is not None:
@@ -196,6 +201,27 @@ async def _single(sr: SearchRequest, route: Route, rule: RuleConfig) -> web.Stre
     sr.outcome.single(result.state, result.reason)
     view = client_view(doc, plan, ranking, took_ms=sr.outcome.rerank_ms)
     return sr.respond(fetched.up, view)
+
+
+async def _shadow(sr: SearchRequest, plan: SearchPlan, widened: str) -> web.StreamResponse:
+    """The engine's answer to the client's own request now; the rerank afterwards."""
+    sr.outcome.single(State.SHADOW)
+    headers = sr.headers()  # the caller's, taken now: the request is gone by then
+    resp = await sr.resend()
+    if 200 <= resp.status < 300:
+        max_length = plan.rule.max_length or sr.app[SETTINGS].static.model.max_length
+        method = sr.request.method if sr.request.method in ("GET", "POST") else "POST"
+        job = ShadowJob(
+            method,
+            widened,
+            headers,
+            jsoncodec.dumps(plan.body),
+            plan,
+            sr.outcome.target,
+            max_length,
+        )
+        sr.app[SHADOW].submit(job)
+    return resp
 
 
 def _item_targets(head: dict[str, Any], route: Route) -> tuple[str, ...]:
@@ -217,7 +243,7 @@ async def _multi(sr: SearchRequest, route: Route) -> web.StreamResponse:
     out_lines: list[bytes] = []
     plans: list[SearchPlan | Skip] = []
     for (head_raw, head), (body_raw, body) in zip(lines[::2], lines[1::2], strict=True):
-        rule = resolve_rule(sr.snapshot.rules, _item_targets(head, route))
+        rule = resolve_rule(sr.snapshot.rules, _item_targets(head, route))  # per item
         item_override = override
         if templated:
             params = body.get("params") if isinstance(body, dict) else None
@@ -228,11 +254,17 @@ async def _multi(sr: SearchRequest, route: Route) -> web.StreamResponse:
             if body is None:
                 return await _skip(sr, Reason.TEMPLATE_NOT_RENDERED)
             body_raw = jsoncodec.dumps(body)
+        targets = _item_targets(head, route)
         plan: SearchPlan | Skip = (
             Skip(Reason.MIXED_RULES)
             if rule is None
             else plan_search(body, [], rule, query_override=item_override)
         )
+        if isinstance(plan, SearchPlan) and rule is not None:
+            if rule.mode == "shadow":
+                plan = Skip(Reason.SHADOW_ITEM)  # shadow mode covers `_search` only
+            elif not sampled(rule, targets, plan.query):
+                plan = Skip(Reason.NOT_SAMPLED)
         plans.append(plan)
         out_lines += [
             head_raw,

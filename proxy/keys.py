@@ -5,7 +5,7 @@ the rerank flows, the app assembly) finds the upstream session, the reranker, th
 and the metrics here, and nothing here imports those layers. Layers, bottom to top:
 
     pure:      config  routing  plan  score  answer  outcome  settings  filtering  jsoncodec
-    objects:   upstream  metrics  rerank/
+    objects:   upstream  metrics  rerank/  shadow
     keys       (this module)
     serving:   passthrough  admin  fetch
     flows      (plan -> fetch -> score -> answer, one fail-open rule)
@@ -23,6 +23,7 @@ from aiohttp import web
 from .metrics import Metrics
 from .rerank.base import Reranker
 from .settings import Settings
+from .shadow import ShadowRunner
 from .upstream import Upstream
 
 #: query parameters the proxy consumes itself; never forwarded to the engine
@@ -59,3 +60,4 @@ UPSTREAM = web.AppKey("upstream", Upstream)
 RERANKER = web.AppKey("reranker", Reranker)
 METRICS = web.AppKey("metrics", Metrics)
 STATE = web.AppKey("state", AppState)
+SHADOW = web.AppKey("shadow", ShadowRunner)

@@ -147,6 +147,30 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.shadow = Counter(
+            f"{PREFIX}_shadow",
+            "Shadow reranks (rules in `mode: shadow`), by result: compared, dropped (queue"
+            " full), failed.",
+            ["result"],
+            registry=r,
+        )
+        self.shadow_overlap = Histogram(
+            f"{PREFIX}_shadow_page_overlap",
+            "Share of the client's page the reranker would have kept (shadow mode).",
+            buckets=(0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
+            registry=r,
+        )
+        self.shadow_displacement = Histogram(
+            f"{PREFIX}_shadow_displacement",
+            "Mean rank displacement over the window the reranker would have caused (shadow).",
+            buckets=(0, 0.5, 1, 2, 3, 5, 8, 13, 21, 34),
+            registry=r,
+        )
+        self.shadow_promoted = Counter(
+            f"{PREFIX}_shadow_promoted",
+            "Hits the reranker would have brought into the client's page (shadow mode).",
+            registry=r,
+        )
         self.inflight = Gauge(
             f"{PREFIX}_inflight_requests", "Requests being handled now.", registry=r
         )

@@ -20,6 +20,7 @@ class State(StrEnum):
     APPLIED = "applied"
     SKIPPED = "skipped"  # left in the engine's order on purpose
     FAILED = "failed"  # the reranker failed: engine order, fail open
+    SHADOW = "shadow"  # the engine's answer; the rerank runs afterwards, for the record
 
 
 class Reason(StrEnum):
@@ -30,6 +31,8 @@ class Reason(StrEnum):
     CLIENT_OFF = "client_off"
     DISABLED = "disabled"
     MIXED_RULES = "mixed_rules"
+    NOT_SAMPLED = "not_sampled"  # a sampled rollout left this search out
+    SHADOW_ITEM = "shadow_item"  # an `_msearch` item of a shadow rule: left alone
     # the client's request
     BODY_TOO_LARGE = "body_too_large"
     UNPARSABLE_BODY = "unparsable_body"
@@ -112,7 +115,8 @@ class Outcome:
         self.searches = items
         states = {i.state for i in items}
         self.state = next(
-            (s for s in (State.APPLIED, State.FAILED, State.SKIPPED) if s in states), State.NONE
+            (s for s in (State.APPLIED, State.FAILED, State.SHADOW, State.SKIPPED) if s in states),
+            State.NONE,
         )
         self.reason = Reason.NONE
 

@@ -11,6 +11,7 @@ view).
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -222,6 +223,21 @@ def plan_search(
         source_filter=source_filter,
         filter_path=p.get("filter_path"),
     )
+
+
+def sampled(rule: RuleConfig, targets: Sequence[str], query: str) -> bool:
+    """Is this search in the rule's sampled rollout (`sample`)?
+
+    A stable hash of the targets and the query text decides, so every page of one search,
+    and every repeat of it, gets the same answer.
+    """
+    if rule.sample >= 1:
+        return True
+    if rule.sample <= 0:
+        return False
+    key = "\0".join([",".join(targets), query]).encode()
+    point = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big") / 2**64
+    return point < rule.sample
 
 
 def rerankable_response(doc: Any) -> Reason | None:

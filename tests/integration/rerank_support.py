@@ -242,11 +242,12 @@ class Proxies:
         front: type[RerankFront] = RerankFront,
         max_queue: int = 4096,
         books: dict[str, Any] | None = None,
+        config: dict[str, Any] | None = None,
         **upstream_cfg: object,
     ) -> RunningProxy:
         backend = backend if backend is not None else Recording()
         self.backends.append(backend)
-        raw = {**proxy_config(self.url, **upstream_cfg), "indices": rules(books)}
+        raw = {**proxy_config(self.url, **upstream_cfg), "indices": rules(books), **(config or {})}
         reranker = front(LocalExecutor(backend), BatchPolicy(max_queue=max_queue), cache_size=0)
         app = create_app(parse_config(raw), reranker=reranker)
         runner = make_runner(app, shutdown_timeout=5.0)
