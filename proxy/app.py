@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
@@ -22,11 +22,12 @@ from .flows import rerank_request
 from .keys import METRICS, RERANKER, SETTINGS, SHADOW, STATE, UPSTREAM, AppState
 from .metrics import Metrics
 from .outcome import Outcome
-from .passthrough import forward
+from .passthrough import error_response, forward
 from .rerank.base import Reranker
 from .routing import classify
 from .settings import Settings
 from .shadow import ShadowRunner
+from .tls import client_certificate_missing
 from .upstream import Upstream
 
 logger = logging.getLogger(__name__)
@@ -150,9 +151,22 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
             await reranker.close()
 
 
+@web.middleware
+async def _require_client_certificate(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Mutual TLS: no client certificate, no request (except the probes; see `tls`)."""
+    if client_certificate_missing(request.transport, request.path):
+        return error_response(
+            403, "proxy_client_certificate_required", "this proxy requires a client certificate"
+        )
+    return await handler(request)
+
+
 def create_app(cfg: Config, *, reranker: Reranker | None = None) -> web.Application:
     """Build the application. Pass `reranker` (already loaded) to enable reranking."""
-    app = web.Application(client_max_size=cfg.upstream.max_buffer_bytes)
+    middlewares = [_require_client_certificate] if cfg.listen.client_ca else []
+    app = web.Application(client_max_size=cfg.upstream.max_buffer_bytes, middlewares=middlewares)
     app[SETTINGS] = Settings(cfg)
     app[UPSTREAM] = Upstream(cfg.upstream)
     app[METRICS] = Metrics()

@@ -3,7 +3,9 @@
 Elasticsearch 8 serves HTTPS by default, so its clients use `https://` and a CA file; the
 proxy terminates TLS itself so they change nothing but the host. The context allows TLS 1.2
 and later only (Python's default ciphers), speaks HTTP/1.1 over ALPN, and asks for a client
-certificate signed by `listen.client_ca` when one is configured (mutual TLS).
+certificate signed by `listen.client_ca` when one is configured (mutual TLS): a certificate
+that does not verify fails the handshake; without one, only `/_rerank_proxy/health` and
+`/ready` answer (`client_certificate_required` below), so orchestrators can probe.
 
 Certificates are re-read on reload without closing the listener: the listening context's
 SNI callback hands each new handshake the latest context (`ssl.SSLObject.context` may be
@@ -26,7 +28,10 @@ def _context(listen: ListenConfig) -> ssl.SSLContext:
     ctx.set_alpn_protocols(["http/1.1"])
     ctx.load_cert_chain(listen.tls_cert, listen.tls_key)
     if listen.client_ca:
-        ctx.verify_mode = ssl.CERT_REQUIRED
+        # OPTIONAL, not REQUIRED: a certificate that is presented must verify, and one that is
+        # not presented leaves the connection able to reach the probes alone (kubelet has no
+        # client certificate); `app` answers every other path 403 on such a connection.
+        ctx.verify_mode = ssl.CERT_OPTIONAL
         ctx.load_verify_locations(cafile=listen.client_ca)
     return ctx
 
@@ -45,6 +50,18 @@ class ServerTLS:
     def reload(self, listen: ListenConfig) -> None:
         """Load the (same-named or new) files; raises OSError/ssl.SSLError and keeps the old."""
         self._current = _context(listen)
+
+
+#: what a connection without a client certificate may reach under mutual TLS
+OPEN_PATHS = frozenset({"/_rerank_proxy/health", "/_rerank_proxy/ready"})
+
+
+def client_certificate_missing(transport: object | None, path: str) -> bool:
+    """Under mutual TLS: does this request lack the client certificate its path needs?"""
+    if path in OPEN_PATHS:
+        return False
+    get = getattr(transport, "get_extra_info", None)
+    return not (get and get("peercert"))
 
 
 def server_tls(listen: ListenConfig) -> ServerTLS | None:

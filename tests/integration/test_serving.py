@@ -163,15 +163,24 @@ async def test_mutual_tls_requires_a_client_certificate_from_the_client_ca(
     config = _config(upstream.url, tls_cert=cert, tls_key=key)
     config["listen"]["client_ca"] = str(tmp_path / "clients.pem")
     proc = await spawn(config)
-    with pytest.raises(aiohttp.ClientError):
-        await _get(proc.url, _client_ctx(ca), "/_rerank_proxy/health")  # no client cert
+    # A certificate from another CA fails the handshake.
     stranger = _client_ctx(ca)
     trustme.CA().issue_cert("client@example.com").configure_cert(stranger)
     with pytest.raises(aiohttp.ClientError):
-        await _get(proc.url, stranger, "/_rerank_proxy/health")  # signed by another CA
+        await _get(proc.url, stranger, "/_rerank_proxy/health")
+    # No certificate: the probes answer (kubelet has none), nothing else does.
+    bare = _client_ctx(ca)
+    assert (await _get(proc.url, bare, "/_rerank_proxy/health"))[0] == 200
+    assert (await _get(proc.url, bare, "/_rerank_proxy/ready"))[0] == 200
+    for path in ("/idx/_doc/1", "/_rerank_proxy/metrics", "/books/_search"):
+        status, body = await _get(proc.url, bare, path)
+        assert status == 403, path
+        assert json.loads(body)["error"]["type"] == "proxy_client_certificate_required"
+    assert upstream.requests == []  # nothing reached the cluster
     mine = _client_ctx(ca)
     client_ca.issue_cert("client@example.com").configure_cert(mine)
-    assert (await _get(proc.url, mine, "/_rerank_proxy/health"))[0] == 200
+    assert (await _get(proc.url, mine, "/idx/_doc/1"))[0] == 200
+    assert (await _get(proc.url, mine, "/_rerank_proxy/metrics"))[0] == 200
 
 
 async def test_reload_swaps_certificates_for_new_connections(
