@@ -95,19 +95,44 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return uvloop.new_event_loop
 
 
+def probe(cfg: Config) -> int:
+    """Liveness of the proxy this config describes (a container health check): 0 when
+    `/_rerank_proxy/health` answers 200 on its listener, HTTP or HTTPS; else 1, one line."""
+    import ssl
+    import urllib.request
+
+    host = cfg.listen.host if cfg.listen.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+    host = f"[{host}]" if ":" in host else host
+    scheme = "https" if cfg.listen.tls_cert else "http"
+    url = f"{scheme}://{host}:{cfg.listen.port}/_rerank_proxy/health"
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE  # its own listener, by address
+    try:
+        with urllib.request.urlopen(url, timeout=4, context=ctx) as resp:
+            ok = resp.status == 200
+    except OSError as exc:
+        print(f"{url}: {exc}", file=sys.stderr)
+        return 1
+    return 0 if ok else 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rerank-proxy", description=__doc__)
     parser.add_argument("--version", action="version", version=f"rerank-proxy {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="run the proxy")
-    serve.add_argument("--config", help="YAML config file [RERANK_PROXY_CONFIG]")
-    serve.add_argument("--listen", help="HOST:PORT to listen on [RERANK_PROXY_LISTEN]")
-    serve.add_argument("--upstream", help="cluster URL [RERANK_PROXY_UPSTREAM]")
-    serve.add_argument("--model", help="hub id or directory [RERANK_PROXY_MODEL]")
-    serve.add_argument("--backend", help="inference backend [RERANK_PROXY_BACKEND]")
-    serve.add_argument("--device", help="auto, cpu or cuda [RERANK_PROXY_DEVICE]")
-    serve.add_argument("--log-level", help="DEBUG, INFO, ... [RERANK_PROXY_LOG_LEVEL]")
-    serve.add_argument("--log-format", help="text or json [RERANK_PROXY_LOG_FORMAT]")
+    for name, text in (
+        ("serve", "run the proxy"),
+        ("probe", "ask a running proxy (this config's listener) for /_rerank_proxy/health"),
+    ):
+        cmd = sub.add_parser(name, help=text)
+        cmd.add_argument("--config", help="YAML config file [RERANK_PROXY_CONFIG]")
+        cmd.add_argument("--listen", help="HOST:PORT to listen on [RERANK_PROXY_LISTEN]")
+        cmd.add_argument("--upstream", help="cluster URL [RERANK_PROXY_UPSTREAM]")
+        cmd.add_argument("--model", help="hub id or directory [RERANK_PROXY_MODEL]")
+        cmd.add_argument("--backend", help="inference backend [RERANK_PROXY_BACKEND]")
+        cmd.add_argument("--device", help="auto, cpu or cuda [RERANK_PROXY_DEVICE]")
+        cmd.add_argument("--log-level", help="DEBUG, INFO, ... [RERANK_PROXY_LOG_LEVEL]")
+        cmd.add_argument("--log-format", help="text or json [RERANK_PROXY_LOG_FORMAT]")
     check = sub.add_parser("check-config", help="validate a config file and exit")
     check.add_argument("file")
     sub.add_parser("config-table", help="print the configuration reference (Markdown)")
@@ -126,6 +151,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for line in exc.problems:
             print(line, file=sys.stderr)
         return 2
+    if args.command == "probe":
+        return probe(cfg)
     from .errors import ModelLoadError
     from .log import setup_logging
 

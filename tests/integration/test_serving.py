@@ -363,3 +363,31 @@ async def test_json_logs_carry_fields_and_never_credentials(
     assert probe["level"] == "DEBUG"
     text = proc.log_text()
     assert "s3cret" not in text and "ZWxhc3RpYzpzM2NyZXQ=" not in text
+
+
+async def test_probe_checks_the_listener_the_config_describes(
+    spawn: Any, upstream: FakeUpstream, ca: trustme.CA, tmp_path: Path
+) -> None:
+    """`rerank-proxy probe` (the container health check) speaks HTTPS when the config does."""
+    cert, key = _write_cert(ca, tmp_path, "proxy")
+    proc = await spawn(_config(upstream.url, tls_cert=cert, tls_key=key))
+    listen = ["--listen", proc.url.split("//", 1)[1]]
+
+    async def probe() -> int:
+        child = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "proxy",
+            "probe",
+            "--config",
+            str(proc.config),
+            *listen,
+            cwd=REPO_ROOT,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        return await child.wait()
+
+    assert await probe() == 0
+    proc.proc.send_signal(signal.SIGTERM)
+    await proc.proc.wait()
+    assert await probe() == 1
