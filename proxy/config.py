@@ -110,6 +110,38 @@ class UpstreamConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RemoteConfig:
+    urls: tuple[str, ...] = opt(
+        (),
+        "Base URLs of the rerank server(s) for `backend: remote`, balanced client-side"
+        " (e.g. http://tei:8080, https://api.cohere.com).",
+    )
+    api: Literal["cohere", "tei"] = opt(
+        "cohere",
+        "`cohere`: the Cohere/Jina family (`{query, documents, top_n}` ->"
+        " `results[{index, relevance_score}]`: Cohere /v2/rerank, Jina, Infinity, vLLM, our"
+        " model server); `tei`: text-embeddings-inference `/rerank` (`{query, texts}` ->"
+        " `[{index, score}]`).",
+    )
+    path: str | None = opt(None, "Endpoint path; null: `/rerank` for tei, `/v1/rerank` for cohere.")
+    model: str | None = opt(None, "Model name sent to the server (Cohere/Jina/vLLM need one).")
+    api_key_env: str | None = opt(
+        None, "Environment variable holding the API key (sent as Bearer; never logged)."
+    )
+    api_key_file: str | None = opt(None, "File holding the API key (instead of api_key_env).")
+    timeout: float = opt(10.0, "Seconds for one call to the server.", gt=0)
+    max_documents: int = opt(
+        32, "Documents per call; larger groups are split (TEI's max_client_batch_size).", ge=1
+    )
+    connections: int = opt(16, "Connection pool size per server; also calls in flight.", ge=1)
+    breaker_failures: int = opt(
+        5, "Consecutive failures after which a server is skipped (circuit open).", ge=1
+    )
+    breaker_reset: float = opt(10.0, "Seconds an open circuit waits before one trial call.", gt=0)
+    ca_file: str | None = opt(None, "CA bundle (PEM) to verify an https:// server with.")
+
+
+@dataclass(frozen=True, slots=True)
 class ModelConfig:
     name: str = opt(
         "mixedbread-ai/mxbai-rerank-xsmall-v1",
@@ -148,6 +180,7 @@ class ModelConfig:
         4096, "Pairs waiting for the model before new searches fail open (overload).", ge=1
     )
     cache_size: int = opt(50_000, "Scores kept in the LRU score cache (0 disables).", ge=0)
+    remote: RemoteConfig = opt(RemoteConfig(), "The rerank server(s) for `backend: remote`.")
     compile: bool = opt(
         False,
         "torch backends: wrap the model in torch.compile (dynamic shapes), compiled at start-up"
@@ -221,6 +254,20 @@ class RuleConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class CacheConfig:
+    redis_url: str | None = opt(
+        None,
+        "Redis or Valkey URL (redis://host:6379/0, rediss:// for TLS) of a score cache shared"
+        " by every proxy, behind each process's own LRU. Null: local cache only.",
+    )
+    ttl: int = opt(7 * 24 * 3600, "Seconds a shared score lives.", ge=1)
+    prefix: str = opt("rerank-proxy:", "Key prefix in the shared cache.")
+    timeout_ms: int = opt(
+        50, "Budget of one shared-cache round trip; past it: local only (counted).", ge=1
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class ShadowConfig:
     queue: int = opt(
         64, "Shadow reranks waiting at most; more are dropped (and counted) when busy.", ge=1
@@ -261,6 +308,7 @@ class Config:
     model: ModelConfig = opt(ModelConfig(), "The cross-encoder.")
     defaults: RuleConfig = opt(RuleConfig(), "Rule for indices no entry of `indices` matches.")
     indices: tuple[RuleConfig, ...] = opt((), "Index rules, first match wins (exact names first).")
+    cache: CacheConfig = opt(CacheConfig(), "The shared score cache.")
     shadow: ShadowConfig = opt(ShadowConfig(), "Shadow mode (rules with `mode: shadow`).")
     compare: CompareConfig = opt(CompareConfig(), "The side-by-side comparison page.")
     log_level: LogLevel = opt("INFO", "Log level.")
@@ -330,6 +378,8 @@ def _convert(tp: Any, value: Any, path: str, errors: list[str]) -> Any:
         item_tp = typing.get_args(tp)[0]
         if isinstance(value, str) and item_tp is str:
             value = [value]
+        if isinstance(value, tuple):  # a validated config's own value, passed back in
+            value = list(value)
         if not isinstance(value, list):
             raise _WrongType(f"must be {_type_name(tp)}, got {_got(value)}")
         out = []

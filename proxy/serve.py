@@ -39,18 +39,16 @@ STANDIN_WARNING = (
 
 def load_reranker(cfg: Config) -> RerankFront:
     """Load the configured model behind the reranker front (blocking)."""
-    from .rerank.base import BatchPolicy, load_backend, resolve_backend_name
-    from .rerank.local import LocalExecutor
+    from .rerank.base import BatchPolicy, Executor, load_executor, resolve_backend_name
     from .rerank.standin import is_standin
 
     backend_name = resolve_backend_name(cfg.model)
     logger.info(
         "loading model %s (backend %s, device %s)", cfg.model.name, backend_name, cfg.model.device
     )
-    backend = load_backend(cfg.model)
+    executor: Executor = load_executor(cfg.model)
     if is_standin(cfg.model.name):
         logger.warning(STANDIN_WARNING, cfg.model.name, "mixedbread-ai/mxbai-rerank-xsmall-v1")
-    executor = LocalExecutor(backend, name=backend_name)
     policy = BatchPolicy.for_model(
         cfg.model, device=executor.device, batch_size=executor.batch_size
     )

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import InvalidScores
-from .registry import BACKENDS
+from .registry import BACKENDS, EXECUTORS
 
 if TYPE_CHECKING:
     from ..config import ModelConfig
@@ -157,3 +157,18 @@ def load_backend(cfg: ModelConfig) -> Backend:
     module_name, _, attr = BACKENDS[resolve_backend_name(cfg)].partition(":")
     factory: Callable[[ModelConfig], Backend] = getattr(importlib.import_module(module_name), attr)
     return factory(cfg)
+
+
+def load_executor(cfg: ModelConfig) -> Executor:
+    """The configured execution part: a registered executor (`remote`), or the local model
+    on its inference thread (blocking: call before the port opens)."""
+    name = resolve_backend_name(cfg)
+    if name in EXECUTORS:
+        module_name, _, attr = EXECUTORS[name].partition(":")
+        make: Callable[[ModelConfig], Executor] = getattr(
+            importlib.import_module(module_name), attr
+        )
+        return make(cfg)
+    from .local import LocalExecutor
+
+    return LocalExecutor(load_backend(cfg), name=name)

@@ -1,5 +1,8 @@
 """The backend registry: backend name -> "module:factory". Pure (imports nothing).
 
+`BACKENDS` are local models (a synchronous `Backend`, run on the inference thread);
+`EXECUTORS` are execution parts of their own (an `Executor`, e.g. a remote server).
+
 The one list of backend names: `config` validates `model.backend` against it and
 `rerank.base.load_backend` imports the factory it names. Adding a backend touches one new
 file and one line here. Factories take a `ModelConfig` and return a `Backend`.
@@ -17,5 +20,10 @@ BACKENDS: dict[str, str] = {
     "openvino-bf16": "proxy.rerank.openvino_backend:load_openvino_bf16",
     "fake": "proxy.rerank.fake:load_fake",
 }
+#: executors that are not a local model: name -> "module:factory" taking a `ModelConfig`
+#: and returning an `Executor` (`remote`: an HTTP rerank server)
+EXECUTORS: dict[str, str] = {
+    "remote": "proxy.rerank.remote:load_remote",
+}
 #: what `model.backend` may say: `auto` or a registered name
-BACKEND_CHOICES: tuple[str, ...] = ("auto", *BACKENDS)
+BACKEND_CHOICES: tuple[str, ...] = ("auto", *BACKENDS, *EXECUTORS)

@@ -78,7 +78,8 @@ def test_check_config_ok(capsys: pytest.CaptureFixture[str]) -> None:
             ["serve", "--backend", "gpu"],
             [
                 "<flags>: model.backend: must be one of 'auto', 'torch', 'torch-fp32', 'onnx',"
-                " 'onnx-int8', 'torch-bf16', 'openvino', 'openvino-bf16', 'fake', got 'gpu'"
+                " 'onnx-int8', 'torch-bf16', 'openvino', 'openvino-bf16', 'fake',"
+                " 'remote', got 'gpu'"
             ],
         ),
         (

@@ -23,7 +23,8 @@ from proxy.config import (
 )
 
 KNOWN_TOP = (
-    "access_log, compare, defaults, indices, listen, log_format, log_level, model, shadow, upstream"
+    "access_log, cache, compare, defaults, indices, listen, log_format, log_level, model,"
+    " shadow, upstream"
 )
 KNOWN_LISTEN = "client_ca, drain_delay, host, port, tls_cert, tls_key"
 KNOWN_UPSTREAM = (
@@ -32,7 +33,7 @@ KNOWN_UPSTREAM = (
 )
 KNOWN_MODEL = (
     "backend, batch_size, batch_wait_ms, cache_size, compile, device, label, max_group,"
-    " max_length, max_queue, name, threads"
+    " max_length, max_queue, name, remote, threads"
 )
 KNOWN_RULE = (
     "blend_weight, enabled, expose_engine_score, fields, leading_words, match, max_length,"
@@ -131,7 +132,7 @@ ONE_PROBLEM: list[tuple[str, str, str]] = [
         "backend-literal",
         "model: {backend: gpu}\n",
         "model.backend: must be one of 'auto', 'torch', 'torch-fp32', 'onnx', 'onnx-int8',"
-        " 'torch-bf16', 'openvino', 'openvino-bf16', 'fake', got 'gpu'",
+        " 'torch-bf16', 'openvino', 'openvino-bf16', 'fake', 'remote', got 'gpu'",
     ),
     (
         "device-literal",
@@ -427,7 +428,8 @@ def test_several_problems_are_reported_together_in_order(write: Any) -> None:
         "proxy.yaml: listen.port: must be <= 65535",
         f"proxy.yaml: listen.hots: unknown key (did you mean 'host'? known: {KNOWN_LISTEN})",
         "proxy.yaml: model.backend: must be one of 'auto', 'torch', 'torch-fp32', 'onnx',"
-        " 'onnx-int8', 'torch-bf16', 'openvino', 'openvino-bf16', 'fake', got 'gpu'",
+        " 'onnx-int8', 'torch-bf16', 'openvino', 'openvino-bf16', 'fake', 'remote',"
+        " got 'gpu'",
         "proxy.yaml: defaults.window: must be >= 1",
         "proxy.yaml: log_level: must be one of 'DEBUG', 'INFO', 'WARNING', 'ERROR', got 'LOUD'",
         "proxy.yaml: indices[0].window: must be >= 1",
@@ -804,7 +806,7 @@ def test_config_table_has_one_row_per_key() -> None:
         "| `defaults.fields` | a list of strings | `[]` |",
         "| `defaults.min_score` | a number or null | `null` |",
         "| `model.backend` | one of 'auto', 'torch', 'torch-fp32', 'onnx', 'onnx-int8',"
-        " 'torch-bf16', 'openvino', 'openvino-bf16', 'fake' |",
+        " 'torch-bf16', 'openvino', 'openvino-bf16', 'fake', 'remote' |",
         "| `indices` | list of rules | `[]` | Index rules, first match wins (exact names first). |",
         "| `upstream.verify_tls` | true or false | `True` |",
     ],
