@@ -96,6 +96,9 @@ TINY_OVERRIDES: dict[str, Any] = {
     "pooler_hidden_size": 64,
 }
 
+#: the classification head's tensors in the checkpoint (what `drop_head` leaves out)
+HEAD_TENSOR_PREFIXES: Final = ("classifier.", "pooler.")
+
 TARGET_LOGIT_STD: Final = 2.0
 CALIBRATION_PAIRS: Final = 256
 CALIBRATION_MAX_LENGTH: Final = 128
@@ -133,12 +136,19 @@ def build_standin_model(
     size: Size = "exact",
     seed: int = 0,
     vocab_size: int = 8000,
+    labels: Sequence[str] | None = None,
+    drop_head: bool = False,
 ) -> Path:
     """Build a stand-in model directory at `out_dir` and return its path.
 
     `texts` trains the tokenizer (a SentencePiece unigram model; fewer pieces than
     `vocab_size` when the corpus is too small for more) and calibrates the classification
     head. `out_dir` must be missing, empty, or an earlier stand-in (which is overwritten).
+
+    Two options build models the proxy must refuse, for its tests: `labels` names the
+    head's outputs (a head with several logits, like an NLI model's; default: the one
+    logit of a cross-encoder), and `drop_head` leaves the classification head's tensors
+    (`classifier.*`, `pooler.*`) out of the checkpoint, as in a base model.
     """
     if size not in SIZES:
         raise ValueError(f"size must be one of {SIZES}, not {size!r}")
@@ -148,6 +158,14 @@ def build_standin_model(
             f"vocab_size must be between {len(SPECIAL_IDS) + 1} and {arch['vocab_size'] - 1}"
             f" for size {size!r} (the embedding matrix has {arch['vocab_size']} rows,"
             " one more token is the added [MASK])"
+        )
+    if labels is not None:
+        if not labels or len(set(labels)) != len(labels):
+            raise ValueError("labels must be distinct names, at least one")
+        arch.update(
+            num_labels=len(labels),
+            id2label={str(i): name for i, name in enumerate(labels)},
+            label2id={name: i for i, name in enumerate(labels)},
         )
     corpus = [t for t in (" ".join(text.split()) for text in texts) if t]
     if len(set(corpus)) < 2:
@@ -162,6 +180,12 @@ def build_standin_model(
     with tempfile.TemporaryDirectory(prefix="standin-tok-") as work:
         tokenizer, pieces = build_tokenizer(corpus, Path(work), out, vocab_size)
     calibration = _build_model(out, arch, tokenizer, corpus, seed)
+    options: dict[str, Any] = {}
+    if labels is not None:
+        options["labels"] = list(labels)
+    if drop_head:
+        _drop_tensors(out / "model.safetensors", HEAD_TENSOR_PREFIXES)
+        options["drop_head"] = True
 
     (out / "README.md").write_text(README_TEXT, encoding="utf-8")
     marker = {
@@ -175,6 +199,7 @@ def build_standin_model(
         "tokenizer_length": len(tokenizer),
         "note": "RANDOM WEIGHTS: scores and rankings are meaningless",
         **calibration,
+        **options,
     }
     # The marker goes last: its presence means the directory is complete.
     (out / MARKER_FILE).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
@@ -264,6 +289,17 @@ def _build_model(
         "logit_mean": logit_mean,
         "logit_std": logit_std,
     }
+
+
+def _drop_tensors(checkpoint: Path, prefixes: tuple[str, ...]) -> None:
+    """Rewrite a safetensors checkpoint without the tensors whose names start with
+    `prefixes`."""
+    from safetensors.torch import load_file, save_file
+
+    tensors = {k: v for k, v in load_file(str(checkpoint)).items() if not k.startswith(prefixes)}
+    tmp = checkpoint.with_name(checkpoint.name + ".tmp")
+    save_file(tensors, str(tmp), metadata={"format": "pt"})
+    os.replace(tmp, checkpoint)
 
 
 def calibration_pairs(

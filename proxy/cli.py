@@ -1,4 +1,4 @@
-"""Command line: `rerank-proxy serve | check-config | config-table`.
+"""Command line: `rerank-proxy serve | model-server | probe | check-config | config-table`.
 
 Precedence: the config file, then environment variables, then flags. Every config key is an
 environment variable (`RERANK_PROXY_` + the key path in capitals, levels joined by `__`:
@@ -31,6 +31,7 @@ from .config import (
     parse_config,
     read_raw,
 )
+from .preflight import preflight
 
 logger = logging.getLogger("proxy")
 
@@ -123,6 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, text in (
         ("serve", "run the proxy"),
         ("probe", "ask a running proxy (this config's listener) for /_rerank_proxy/health"),
+        ("model-server", "serve the model behind the Cohere/Jina and TEI rerank APIs"),
     ):
         cmd = sub.add_parser(name, help=text)
         cmd.add_argument("--config", help="YAML config file [RERANK_PROXY_CONFIG]")
@@ -143,7 +145,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         if args.command == "check-config":
-            load_config(args.file)
+            checked = load_config(args.file)
+            found = preflight(checked, bind=False)
+            for line in found:
+                print(f"{args.file}: {line}", file=sys.stderr)
+            if found:
+                return 2
             print(f"{args.file}: ok")
             return 0
         cfg = build_config(args)
@@ -153,6 +160,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.command == "probe":
         return probe(cfg)
+    # Before the model loads: files, addresses, the port, the device, the model directory.
+    found = preflight(cfg, bind=True)
+    for line in found:
+        print(line, file=sys.stderr)
+    if found:
+        return 2
     from .errors import ModelLoadError
     from .log import setup_logging
 
@@ -161,7 +174,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            runner.run(run_proxy(cfg, lambda: build_config(args)))
+            runner.run(
+                run_proxy(
+                    cfg,
+                    lambda: build_config(args),
+                    model_server=args.command == "model-server",
+                )
+            )
     except ModelLoadError as exc:
         logger.error("%s", exc)
         return 1

@@ -165,7 +165,12 @@ class ModelConfig:
     )
     max_length: int = opt(512, "Token budget per (query, document) pair.", ge=8, le=512)
     batch_size: int = opt(0, "Pairs per forward pass; 0 picks per device (CPU 8, CUDA 64).", ge=0)
-    threads: int = opt(0, "CPU threads for inference; 0 uses all cores.", ge=0)
+    threads: int = opt(
+        0,
+        "CPU threads for inference; 0: the CPUs this process may use (affinity mask, bounded"
+        " by the container's CPU quota).",
+        ge=0,
+    )
     batch_wait_ms: float = opt(
         2.0, "How long a batch waits for pairs from concurrent searches.", ge=0, le=1000
     )
@@ -268,6 +273,19 @@ class CacheConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ModelServerConfig:
+    api_key_env: str | None = opt(
+        None,
+        "`rerank-proxy model-server`: environment variable holding the API key clients must"
+        " send as `Authorization: Bearer KEY` (null: no key).",
+    )
+    api_key_file: str | None = opt(None, "File holding that API key (instead of api_key_env).")
+    max_documents: int = opt(
+        1000, "Documents one rerank request may carry; more: 413 (a clear error).", ge=1
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class ShadowConfig:
     queue: int = opt(
         64, "Shadow reranks waiting at most; more are dropped (and counted) when busy.", ge=1
@@ -309,6 +327,9 @@ class Config:
     defaults: RuleConfig = opt(RuleConfig(), "Rule for indices no entry of `indices` matches.")
     indices: tuple[RuleConfig, ...] = opt((), "Index rules, first match wins (exact names first).")
     cache: CacheConfig = opt(CacheConfig(), "The shared score cache.")
+    model_server: ModelServerConfig = opt(
+        ModelServerConfig(), "`rerank-proxy model-server`: the rerank API it serves."
+    )
     shadow: ShadowConfig = opt(ShadowConfig(), "Shadow mode (rules with `mode: shadow`).")
     compare: CompareConfig = opt(CompareConfig(), "The side-by-side comparison page.")
     log_level: LogLevel = opt("INFO", "Log level.")

@@ -24,6 +24,7 @@ from yarl import URL
 
 from .app import create_app, make_runner
 from .config import Config, ConfigError
+from .errors import ModelLoadError
 from .keys import METRICS, SETTINGS, STATE
 from .log import adopt_library_loggers
 from .rerank.front import RerankFront
@@ -79,24 +80,39 @@ def reload(app: web.Application, tls: ServerTLS | None, read: Callable[[], Confi
     return True
 
 
-async def serve(cfg: Config, read_config: Callable[[], Config]) -> None:
-    """Run the proxy until SIGTERM/SIGINT, then drain and stop."""
+async def serve(
+    cfg: Config, read_config: Callable[[], Config], *, model_server: bool = False
+) -> None:
+    """Run the proxy (or, with `model_server`, the model server) until SIGTERM/SIGINT, then
+    drain and stop."""
     loop = asyncio.get_running_loop()
     reranker = await loop.run_in_executor(None, load_reranker, cfg)
     adopt_library_loggers()  # transformers & co. installed handlers of their own on import
-    app = create_app(cfg, reranker=reranker)
+    if model_server:
+        from .model_server import create_model_server
+
+        app = create_model_server(cfg, reranker)
+    else:
+        app = create_app(cfg, reranker=reranker)
     tls = server_tls(cfg.listen)
     runner = make_runner(app)
     await runner.setup()
     site = web.TCPSite(
         runner, cfg.listen.host, cfg.listen.port, ssl_context=tls.context if tls else None
     )
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:  # taken since the preflight check: one line, no traceback
+        await runner.cleanup()
+        raise ModelLoadError(
+            f"listen.port: cannot listen on {cfg.listen.host}:{cfg.listen.port}: {exc.strerror}"
+        ) from exc
     addresses = runner.addresses
     port = addresses[0][1] if addresses else cfg.listen.port
     scheme = "https" if tls else "http"
     upstream = URL(cfg.upstream.url).with_user(None)  # never log credentials
-    logger.info("listening on %s://%s:%s -> %s", scheme, cfg.listen.host, port, upstream)
+    behind = "the rerank API" if model_server else str(upstream)
+    logger.info("listening on %s://%s:%s -> %s", scheme, cfg.listen.host, port, behind)
     print(f"rerank-proxy listening on {scheme}://{cfg.listen.host}:{port}", flush=True)
 
     stop = asyncio.Event()

@@ -18,7 +18,16 @@ from dataclasses import dataclass
 from .config import Config, Rules
 
 #: top-level keys that take effect only at start-up (`listen` in part: see `restart_keys`)
-STATIC_KEYS = ("listen", "upstream", "model", "log_format", "cache", "shadow", "compare")
+STATIC_KEYS = (
+    "listen",
+    "upstream",
+    "model",
+    "log_format",
+    "cache",
+    "model_server",
+    "shadow",
+    "compare",
+)
 
 
 def restart_keys(old: Config, new: Config) -> list[str]:

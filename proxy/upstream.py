@@ -99,9 +99,11 @@ async def iter_stream(reader: aiohttp.StreamReader) -> AsyncIterator[bytes]:
 def _ssl_context(cfg: UpstreamConfig) -> ssl.SSLContext | bool:
     if not cfg.url.startswith("https"):
         return True
-    if not cfg.verify_tls:
+    if not cfg.verify_tls and not cfg.client_cert:
         return False
     ctx = ssl.create_default_context(cafile=cfg.ca_file)
+    if not cfg.verify_tls:  # still present the client certificate (mutual TLS)
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
     if cfg.client_cert:
         ctx.load_cert_chain(cfg.client_cert, cfg.client_key)
     return ctx

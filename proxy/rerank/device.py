@@ -1,10 +1,27 @@
-"""Device selection and thread settings, shared by the torch and ONNX backends."""
+"""Device selection and thread settings, shared by the torch and ONNX backends.
+
+`cpu_threads(0)` counts the CPUs this process may really use: the affinity mask, bounded by
+the container's CPU quota (cgroup v2 `cpu.max`, cgroup v1 `cpu.cfs_quota_us` over
+`cpu.cfs_period_us`), because a container limited to 2 CPUs on a 64-core host still sees 64
+cores in its affinity mask, and 64 inference threads sharing 2 CPUs' worth of time are much
+slower than 2 (each is throttled in turn, and every barrier waits for the slowest).
+"""
 
 from __future__ import annotations
 
 import ctypes
+import math
 import os
 import sys
+from pathlib import Path, PurePosixPath
+from typing import Final
+
+#: where cgroup file systems are mounted (v2 directly, v1 one directory per controller)
+CGROUP_ROOT: Final = Path("/sys/fs/cgroup")
+#: this process's cgroup paths, one line per hierarchy (`0::/path` for v2)
+PROC_CGROUP: Final = Path("/proc/self/cgroup")
+#: the directories the v1 `cpu` controller is mounted at, by distribution habit
+_V1_CPU_DIRS: Final = ("cpu", "cpu,cpuacct", "cpuacct,cpu")
 
 
 def cuda_device_count() -> int:
@@ -33,14 +50,105 @@ def pick_device(device: str) -> str:
     return "cuda" if cuda_device_count() > 0 else "cpu"
 
 
-def cpu_threads(threads: int) -> int:
-    """Threads for inference: the configured number, else the cores this process may use."""
+def cpu_threads(
+    threads: int, *, cgroup_root: Path = CGROUP_ROOT, proc_cgroup: Path = PROC_CGROUP
+) -> int:
+    """Threads for inference: the configured number, else the CPUs this process may use
+    (the affinity mask, bounded by the cgroup CPU quota rounded up; at least 1)."""
     if threads > 0:
         return threads
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - non-Linux
-        return max(1, os.cpu_count() or 1)
+        cores = os.cpu_count() or 1
+    quota = cgroup_cpu_limit(cgroup_root, proc_cgroup=proc_cgroup)
+    if quota is not None:
+        cores = min(cores, math.ceil(quota))
+    return max(1, cores)
+
+
+def cgroup_cpu_limit(root: Path = CGROUP_ROOT, *, proc_cgroup: Path = PROC_CGROUP) -> float | None:
+    """The CPU quota in CPUs (`200000 100000` -> 2.0), or None when there is none.
+
+    Reads cgroup v2 `cpu.max` and cgroup v1 `cpu.cfs_quota_us`/`cpu.cfs_period_us` at the
+    mount root (inside a container, the container's own cgroup) and along this process's
+    cgroup path from `proc_cgroup` (on a host, where the root has no quota); a quota on any
+    ancestor bounds its descendants, so the smallest one found applies. Unreadable or
+    malformed files count as no quota.
+    """
+    v2_path, v1_path = _own_cgroup_paths(proc_cgroup)
+    limits = [_v2_limit(d / "cpu.max") for d in _along(root, v2_path)]
+    for name in _V1_CPU_DIRS:
+        base = root / name
+        if base.is_dir():
+            limits.extend(_v1_limit(d) for d in _along(base, v1_path))
+    found = [limit for limit in limits if limit is not None]
+    return min(found) if found else None
+
+
+def _own_cgroup_paths(proc_cgroup: Path) -> tuple[str, str]:
+    """This process's (v2, v1 cpu controller) cgroup paths; "/" where not listed."""
+    v2 = v1 = "/"
+    try:
+        lines = proc_cgroup.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return v2, v1
+    for line in lines:
+        _, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        if not path.startswith("/"):
+            continue
+        if controllers == "":
+            v2 = path
+        elif "cpu" in controllers.split(","):
+            v1 = path
+    return v2, v1
+
+
+def _along(base: Path, cgroup_path: str) -> list[Path]:
+    """`base` and the directories from it down to `cgroup_path` below it that exist."""
+    dirs = [base]
+    here = base
+    for part in PurePosixPath(cgroup_path).parts[1:]:
+        if part in ("", ".", ".."):
+            break
+        here = here / part
+        if not here.is_dir():
+            break
+        dirs.append(here)
+    return dirs
+
+
+def _read_numbers(path: Path) -> list[str] | None:
+    try:
+        return path.read_text(encoding="ascii").split()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _quota(quota: str, period: str) -> float | None:
+    try:
+        q, p = int(quota), int(period)
+    except ValueError:
+        return None
+    return q / p if q > 0 and p > 0 else None
+
+
+def _v2_limit(cpu_max: Path) -> float | None:
+    """`cpu.max`: "QUOTA PERIOD" in microseconds, QUOTA `max` for no limit."""
+    fields = _read_numbers(cpu_max)
+    if not fields or fields[0] == "max":
+        return None
+    return _quota(fields[0], fields[1] if len(fields) > 1 else "100000")
+
+
+def _v1_limit(directory: Path) -> float | None:
+    """`cpu.cfs_quota_us` (-1 for no limit) over `cpu.cfs_period_us`."""
+    quota = _read_numbers(directory / "cpu.cfs_quota_us")
+    period = _read_numbers(directory / "cpu.cfs_period_us")
+    if not quota or not period:
+        return None
+    return _quota(quota[0], period[0])
 
 
 def default_batch_size(batch_size: int, device: str) -> int:

@@ -12,17 +12,32 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ModelLoadError
+from .sanity import DEFAULT_MODEL, looks_like_path, model_dir_problem
 
 HUB_HELP = (
     "The model could not be fetched. If this machine cannot reach the Hugging Face hub,"
-    " download the model elsewhere (`huggingface-cli download {name} --local-dir DIR`) and set"
+    " download the model elsewhere (`hf download {name} --local-dir DIR`) and set"
     " `model.name` to that directory, or point HF_ENDPOINT at a hub mirror, or set"
     " HF_HUB_OFFLINE=1 to use a warm local cache."
+)
+PATH_HELP = (
+    "Correct model.name, or download the model (`hf download {default} --local-dir DIR`,"
+    " on a machine that reaches the Hugging Face hub) and set model.name to DIR; or give a"
+    " hub id instead of a path, with HF_ENDPOINT pointing at a hub mirror if the hub is"
+    " unreachable."
 )
 
 
 def model_load_error(name: str, exc: BaseException) -> ModelLoadError:
-    return ModelLoadError(f"cannot load model {name!r}: {exc}. " + HUB_HELP.format(name=name))
+    """The error for a model that cannot be found or read, with what to do about it."""
+    problem = model_dir_problem(name)
+    if problem is not None:
+        help_ = PATH_HELP.format(default=DEFAULT_MODEL)
+        return ModelLoadError(f"cannot load model {name!r}: {problem}. {help_}")
+    reason = " ".join(str(exc).split()).rstrip(".") or type(exc).__name__
+    if looks_like_path(name):  # a model directory that is there but does not load
+        return ModelLoadError(f"cannot load model {name!r}: {reason}")
+    return ModelLoadError(f"cannot load model {name!r}: {reason}. " + HUB_HELP.format(name=name))
 
 
 def load_tokenizer(name: str) -> Any:
@@ -30,7 +45,7 @@ def load_tokenizer(name: str) -> Any:
 
     try:
         return AutoTokenizer.from_pretrained(name)
-    except (OSError, ValueError) as exc:
+    except Exception as exc:  # transformers, tokenizers and the hub raise many types
         raise model_load_error(name, exc) from exc
 
 

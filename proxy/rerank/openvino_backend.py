@@ -41,7 +41,15 @@ def cpu_has_bf16(core: Any) -> bool:
 
 
 class OpenVinoBackend(OnnxGraphBackend):
-    def __init__(self, name: str, *, precision: str, batch_size: int, threads: int) -> None:
+    def __init__(
+        self,
+        name: str,
+        *,
+        precision: str,
+        batch_size: int,
+        threads: int,
+        label: int | None = None,
+    ) -> None:
         import openvino
 
         core = openvino.Core()
@@ -51,28 +59,27 @@ class OpenVinoBackend(OnnxGraphBackend):
                 " native bf16 (AVX512-BF16 or AMX), so bf16 would only be emulated; choose"
                 " another backend (`openvino` or `onnx` for exact fp32 scores)."
             )
-        path = self._prepare(name)
+        model_dir = self._prepare(name, label)
         cache = compiled_cache_dir()
         try:
             cache.mkdir(parents=True, exist_ok=True)
             core.set_property({"CACHE_DIR": str(cache)})
         except OSError as exc:  # a read-only home: compile at every start instead
             logger.warning("OpenVINO model cache disabled (%s): %s", cache, exc)
-        self.compiled: Any = core.compile_model(
-            str(path),
-            "CPU",
-            {
-                # Explicit even for fp32: on CPUs with native bf16 the default is bf16.
-                "INFERENCE_PRECISION_HINT": _HINTS[precision],
-                "INFERENCE_NUM_THREADS": cpu_threads(threads),
-                "PERFORMANCE_HINT": "LATENCY",
-            },
+        settings = {
+            # Explicit even for fp32: on CPUs with native bf16 the default is bf16.
+            "INFERENCE_PRECISION_HINT": _HINTS[precision],
+            "INFERENCE_NUM_THREADS": cpu_threads(threads),
+            "PERFORMANCE_HINT": "LATENCY",
+        }
+        self.compiled: Any = self._open_graph(
+            name, model_dir, lambda path: core.compile_model(str(path), "CPU", settings)
         )
         self.request: Any = self.compiled.create_infer_request()
         self.output = self.compiled.output(0)
         self.inputs = frozenset(n for i in self.compiled.inputs for n in i.get_names())
         self.batch_size = default_batch_size(batch_size, "cpu")
-        self.model_id = f"{name}|openvino|{precision}"
+        self.model_id = f"{name}|openvino|{precision}" + ("" if label is None else f"|label{label}")
 
     def run_batch(self, feed: dict[str, Any]) -> Any:
         return self.request.infer(feed)[self.output]
@@ -95,7 +102,11 @@ def _load(cfg: ModelConfig, precision: str) -> Backend:
         ) from exc
     try:
         return OpenVinoBackend(
-            cfg.name, precision=precision, batch_size=cfg.batch_size, threads=cfg.threads
+            cfg.name,
+            precision=precision,
+            batch_size=cfg.batch_size,
+            threads=cfg.threads,
+            label=cfg.label,
         )
     except ImportError as exc:
         raise model_load_error(cfg.name, exc) from exc

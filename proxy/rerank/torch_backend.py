@@ -5,17 +5,22 @@ CUDA, bf16 on CPU as an explicit, approximate choice. bf16 is mixed precision: t
 stay fp32 and matrix products run in bf16 under autocast, while layer norms, softmax and the
 residual stream stay fp32; on the stand-in this is about 4x closer to the fp32 scores than
 casting the whole model to bf16, for about 5% less speed. Score = sigmoid(logit), as
-mixedbread's `mxbai-rerank` and sentence-transformers' `CrossEncoder` compute it.
+mixedbread's `mxbai-rerank` and sentence-transformers' `CrossEncoder` compute it; with
+`model.label` set, the logit is that column of the head's output. A model that is not a
+single-logit cross-encoder is refused (`sanity`): from its files before loading when it is a
+local directory, and from transformers' loading info (missing head weights) in every case.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .base import Backend
 from .device import cpu_threads, default_batch_size, keep_freed_memory, pick_device
 from .hf import length_sorted_batches, load_tokenizer, model_load_error, pad_batch, tokenize_pairs
+from .sanity import check_loaded, check_model_dir, label_names, model_dir_problem
 
 if TYPE_CHECKING:
     from ..config import ModelConfig
@@ -32,6 +37,7 @@ class TorchBackend(Backend):
         threads: int,
         compile: bool = False,
         max_length: int = 512,
+        label: int | None = None,
     ) -> None:
         import torch
         from transformers import AutoModelForSequenceClassification
@@ -45,14 +51,25 @@ class TorchBackend(Backend):
         torch_dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[
             "fp32" if self.autocast else dtype
         ]
+        if model_dir_problem(name):
+            raise model_load_error(name, FileNotFoundError(name))
+        if Path(name).is_dir():  # refuse a wrong model before spending the load on it
+            check_model_dir(name, Path(name), label)
         self.tokenizer = load_tokenizer(name)
         try:
-            model = AutoModelForSequenceClassification.from_pretrained(name, dtype=torch_dtype)
-        except (OSError, ValueError) as exc:
+            model, info = AutoModelForSequenceClassification.from_pretrained(
+                name, dtype=torch_dtype, output_loading_info=True
+            )
+        except Exception as exc:  # the hub, transformers and safetensors raise many types
             raise model_load_error(name, exc) from exc
+        labels = label_names({"id2label": dict(model.config.id2label)})
+        #: the head's output column that is the relevance logit
+        self.column = check_loaded(
+            name, labels, label, info["missing_keys"], model.base_model_prefix
+        )
         self.model: Any = model.to(device).eval()
         self.batch_size = default_batch_size(batch_size, device)
-        self.model_id = f"{name}|torch|{dtype}"
+        self.model_id = f"{name}|torch|{dtype}" + ("" if label is None else f"|label{label}")
         self._torch = torch
         if compile:
             self.model = torch.compile(self.model, dynamic=True)
@@ -74,7 +91,7 @@ class TorchBackend(Backend):
                     k: torch.from_numpy(v).to(self.device, non_blocking=True)
                     for k, v in pad_batch(encoded, idx, pad_id).items()
                 }
-                outputs.append(torch.sigmoid(self.model(**batch).logits.float()[:, 0]))
+                outputs.append(torch.sigmoid(self.model(**batch).logits.float()[:, self.column]))
                 order.extend(idx)
             flat = torch.cat(outputs).tolist() if outputs else []
         scores = [0.0] * len(pairs)
@@ -94,6 +111,7 @@ def _load(cfg: ModelConfig, cpu_dtype: str, cuda_dtype: str = "fp16") -> Backend
         threads=cfg.threads,
         compile=cfg.compile,
         max_length=cfg.max_length,
+        label=cfg.label,
     )
 
 

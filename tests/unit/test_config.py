@@ -24,7 +24,7 @@ from proxy.config import (
 
 KNOWN_TOP = (
     "access_log, cache, compare, defaults, indices, listen, log_format, log_level, model,"
-    " shadow, upstream"
+    " model_server, shadow, upstream"
 )
 KNOWN_LISTEN = "client_ca, drain_delay, host, port, tls_cert, tls_key"
 KNOWN_UPSTREAM = (
