@@ -67,7 +67,7 @@ def _config(upstream: str, **listen: Any) -> dict[str, Any]:
 async def spawn(tmp_path: Path) -> AsyncIterator[Any]:
     procs: list[Proc] = []
 
-    async def start(config: dict[str, Any]) -> Proc:
+    async def start(config: dict[str, Any], command: str = "serve") -> Proc:
         path = tmp_path / f"proxy-{len(procs)}.yaml"
         path.write_text(yaml.safe_dump(config))
         log = tmp_path / f"proxy-{len(procs)}.log"
@@ -77,7 +77,7 @@ async def spawn(tmp_path: Path) -> AsyncIterator[Any]:
                 sys.executable,
                 "-m",
                 "proxy",
-                "serve",
+                command,
                 "--config",
                 str(path),
                 cwd=REPO_ROOT,
@@ -391,3 +391,18 @@ async def test_probe_checks_the_listener_the_config_describes(
     proc.proc.send_signal(signal.SIGTERM)
     await proc.proc.wait()
     assert await probe() == 1
+
+
+async def test_model_server_command_serves_the_rerank_api(
+    spawn: Any, upstream: FakeUpstream
+) -> None:
+    proc = await spawn(_config(upstream.url), "model-server")
+    body = {"query": "apple", "documents": ["pear", "apple pie"]}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(proc.url + "/v1/rerank", json=body) as resp,
+    ):
+        doc = await resp.json()
+    assert resp.status == 200 and [r["index"] for r in doc["results"]] == [1, 0]
+    assert upstream.requests == []  # a model server has no cluster behind it
+    assert (await _get(proc.url, False, "/_rerank_proxy/ready"))[0] == 200
