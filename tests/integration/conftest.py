@@ -16,6 +16,7 @@ from proxy.app import create_app, make_runner
 from proxy.config import parse_config
 
 from .fakes import FakeUpstream, RunningProxy, proxy_config
+from .rerank_support import Engine, Proxies
 
 StartProxy = Callable[..., Awaitable[RunningProxy]]
 
@@ -62,3 +63,17 @@ def closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def engine(upstream: FakeUpstream) -> Engine:
+    """An Elasticsearch stand-in answering searches on the fake upstream."""
+    return Engine(upstream)
+
+
+@pytest.fixture
+async def proxies(upstream: FakeUpstream) -> AsyncIterator[Proxies]:
+    """Starts proxies with a reranker in front of the fake upstream."""
+    started = Proxies(upstream.url)
+    yield started
+    await started.close()

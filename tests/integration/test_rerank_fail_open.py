@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
@@ -20,7 +20,7 @@ from proxy.rerank.base import Backend
 from proxy.rerank.fake import FakeBackend
 from proxy.rerank.front import RerankFront
 
-from .fakes import FakeUpstream, http_response
+from .fakes import http_response
 from .rerank_support import (
     ENGINE_ORDER,
     ES_HEADERS,
@@ -49,18 +49,6 @@ CLIENT = {"size": 3, "from": 2, "query": {"match": {"title": QUERY}}}
 CLIENT_RAW = b'{ "size": 3,  "from": 2, "query": {"match": {"title": "red apple"}} }'
 TARGET = "/books/_search?rerank=true&track_total_hits=true"
 UPSTREAM_TARGET = "/books/_search?track_total_hits=true"  # `rerank=` is the proxy's own
-
-
-@pytest.fixture
-def engine(upstream: FakeUpstream) -> Engine:
-    return Engine(upstream)
-
-
-@pytest.fixture
-async def proxies(upstream: FakeUpstream) -> AsyncIterator[Proxies]:
-    started = Proxies(upstream.url)
-    yield started
-    await started.close()
 
 
 def assert_widened_once(engine: Engine) -> None:

@@ -9,7 +9,6 @@ deterministic word-overlap backend, recording the queries it was asked.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -18,7 +17,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from proxy.keys import METRICS
 from proxy.rerank.fake import FakeBackend
 
-from .fakes import FakeUpstream
 from .rerank_support import (
     ENGINE_ORDER,
     QUERY,
@@ -36,18 +34,6 @@ from .rerank_support import (
 )
 
 MATCH = {"match": {"title": QUERY}}
-
-
-@pytest.fixture
-def engine(upstream: FakeUpstream) -> Engine:
-    return Engine(upstream)
-
-
-@pytest.fixture
-async def proxies(upstream: FakeUpstream) -> AsyncIterator[Proxies]:
-    started = Proxies(upstream.url)
-    yield started
-    await started.close()
 
 
 # -- applied -----------------------------------------------------------------------------

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -34,18 +33,6 @@ from .rerank_support import (
 )
 
 MATCH = {"match": {"title": QUERY}}
-
-
-@pytest.fixture
-def engine(upstream: FakeUpstream) -> Engine:
-    return Engine(upstream)
-
-
-@pytest.fixture
-async def proxies(upstream: FakeUpstream) -> AsyncIterator[Proxies]:
-    started = Proxies(upstream.url)
-    yield started
-    await started.close()
 
 
 async def test_shadow_serves_the_engines_bytes_then_records_the_would_be_order(
