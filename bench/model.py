@@ -142,7 +142,7 @@ def ours(
     compile: bool = False,
 ) -> Scorer:
     from proxy.config import ModelConfig
-    from proxy.rerank.base import load_backend
+    from proxy.rerank.loader import load_backend
 
     cfg = dataclasses.replace(
         ModelConfig(),

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
-from . import admin
+from . import admin, compare
 from .config import Config
 from .flows import rerank_request
 from .keys import METRICS, RERANKER, SETTINGS, SHADOW, STATE, UPSTREAM, AppState
@@ -179,6 +179,7 @@ def create_app(cfg: Config, *, reranker: Reranker | None = None) -> web.Applicat
         lambda: not state.not_ready(reranker), reranker.health if reranker is not None else None
     )
     app.cleanup_ctx.append(_lifecycle)
+    compare.add_routes(app)  # the comparison page (only when compare.enabled)
     admin.add_routes(app)
     app.router.add_route("*", "/{tail:.*}", handle)
     return app

@@ -184,6 +184,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ModelLoadError as exc:
         logger.error("%s", exc)
         return 1
+    except ConfigError as exc:  # found while building the app (e.g. compare.qrels)
+        for line in exc.problems:
+            print(line, file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         pass
     return 0

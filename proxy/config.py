@@ -72,6 +72,14 @@ class ListenConfig:
     client_ca: str | None = opt(
         None, "CA bundle (PEM): require client certificates signed by it (mutual TLS)."
     )
+    workers: int = opt(
+        1,
+        "HTTP worker processes on one port (SO_REUSEPORT), each a pure proxy; a local model"
+        " then runs once, in a model-server process they share. 1: everything in-process.",
+        ge=1,
+        le=256,
+    )
+    reuse_port: bool = opt(False, "Bind with SO_REUSEPORT (set for each worker by `workers` > 1).")
     drain_delay: float = opt(
         5.0,
         "Seconds between SIGTERM (readiness turns 503) and closing the listener, so load"

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from .config import Config
+from .config import Config, ConfigError
 from .rerank.device import cuda_device_count
 from .rerank.sanity import looks_like_path, model_dir_problem, model_problem
 
@@ -47,7 +47,21 @@ def preflight(cfg: Config, *, bind: bool) -> list[str]:
         client,
     )
     problems += _model(cfg)
+    problems += _compare(cfg)
     return problems
+
+
+def _compare(cfg: Config) -> list[str]:
+    """`compare.qrels` reads (the page would refuse to start otherwise)."""
+    if not (cfg.compare.enabled and cfg.compare.qrels):
+        return []
+    from .compare.judgments import load_judgments  # pure: the file readers only
+
+    try:
+        load_judgments(cfg.compare.qrels)
+    except ConfigError as exc:
+        return list(exc.problems)
+    return []
 
 
 # --- TLS files ------------------------------------------------------------------------------

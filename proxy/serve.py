@@ -40,7 +40,8 @@ STANDIN_WARNING = (
 
 def load_reranker(cfg: Config) -> RerankFront:
     """Load the configured model behind the reranker front (blocking)."""
-    from .rerank.base import BatchPolicy, Executor, load_executor, resolve_backend_name
+    from .rerank.base import BatchPolicy, Executor
+    from .rerank.loader import load_executor, resolve_backend_name
     from .rerank.standin import is_standin
 
     backend_name = resolve_backend_name(cfg.model)
@@ -53,7 +54,11 @@ def load_reranker(cfg: Config) -> RerankFront:
     policy = BatchPolicy.for_model(
         cfg.model, device=executor.device, batch_size=executor.batch_size
     )
-    return RerankFront(executor, policy, cache_size=cfg.model.cache_size)
+    from .rerank.shared_cache import load_shared_cache
+
+    return RerankFront(
+        executor, policy, cache_size=cfg.model.cache_size, shared=load_shared_cache(cfg.cache)
+    )
 
 
 def reload(app: web.Application, tls: ServerTLS | None, read: Callable[[], Config]) -> bool:
@@ -98,7 +103,11 @@ async def serve(
     runner = make_runner(app)
     await runner.setup()
     site = web.TCPSite(
-        runner, cfg.listen.host, cfg.listen.port, ssl_context=tls.context if tls else None
+        runner,
+        cfg.listen.host,
+        cfg.listen.port,
+        ssl_context=tls.context if tls else None,
+        reuse_port=cfg.listen.reuse_port or None,
     )
     try:
         await site.start()

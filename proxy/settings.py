@@ -38,7 +38,7 @@ def restart_keys(old: Config, new: Config) -> list[str]:
     """
     out = []
     a, b = old.listen, new.listen
-    for key in ("host", "port"):
+    for key in ("host", "port", "workers"):
         if getattr(a, key) != getattr(b, key):
             out.append(f"listen.{key}")
     if bool(a.tls_cert) != bool(b.tls_cert) or bool(a.client_ca) != bool(b.client_ca):

@@ -26,7 +26,7 @@ def main() -> None:
     import torch
 
     from proxy.config import ModelConfig
-    from proxy.rerank.base import load_backend
+    from proxy.rerank.loader import load_backend
 
     work = data.workload(30, 50)
     cfg = dataclasses.replace(

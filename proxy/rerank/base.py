@@ -12,19 +12,18 @@ Three layers, each knowing only the one below it:
   called on the event loop. The names come from `registry.BACKENDS`.
 
 How the front batches is configuration (`BatchPolicy.for_model`), not a backend attribute.
+Loading what the config names is `loader.py`'s.
 """
 
 from __future__ import annotations
 
-import importlib
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import InvalidScores
-from .registry import BACKENDS, EXECUTORS
 
 if TYPE_CHECKING:
     from ..config import ModelConfig
@@ -36,6 +35,10 @@ class RerankObserver(Protocol):
     def observe_group(self, size: int, queue_wait_s: float, inference_s: float) -> None: ...
 
     def observe_lookups(self, hits: int, misses: int) -> None: ...
+
+    def observe_shared(self, hits: int, misses: int, errors: int) -> None:
+        """Pairs looked up in the shared cache: found, not found, not answered (down/slow)."""
+        ...
 
 
 class Reranker(Protocol):
@@ -134,41 +137,3 @@ def check_scores(scores: Sequence[float], expected: int) -> list[float]:
     if not all(math.isfinite(s) for s in out):
         raise InvalidScores("model returned a non-finite score")
     return out
-
-
-def resolve_backend_name(cfg: ModelConfig) -> str:
-    """`auto`: torch fp16 on CUDA, ONNX Runtime fp32 on CPU when installed, else torch."""
-    if cfg.backend != "auto":
-        return cfg.backend
-    from .device import pick_device
-
-    if pick_device(cfg.device) == "cuda":
-        return "torch"
-    try:
-        importlib.import_module("onnxruntime")
-        importlib.import_module("onnx")
-    except ImportError:
-        return "torch"
-    return "onnx"
-
-
-def load_backend(cfg: ModelConfig) -> Backend:
-    """Load the configured backend (blocking: call before the port opens)."""
-    module_name, _, attr = BACKENDS[resolve_backend_name(cfg)].partition(":")
-    factory: Callable[[ModelConfig], Backend] = getattr(importlib.import_module(module_name), attr)
-    return factory(cfg)
-
-
-def load_executor(cfg: ModelConfig) -> Executor:
-    """The configured execution part: a registered executor (`remote`), or the local model
-    on its inference thread (blocking: call before the port opens)."""
-    name = resolve_backend_name(cfg)
-    if name in EXECUTORS:
-        module_name, _, attr = EXECUTORS[name].partition(":")
-        make: Callable[[ModelConfig], Executor] = getattr(
-            importlib.import_module(module_name), attr
-        )
-        return make(cfg)
-    from .local import LocalExecutor
-
-    return LocalExecutor(load_backend(cfg), name=name)

@@ -4,7 +4,7 @@
 `EXECUTORS` are execution parts of their own (an `Executor`, e.g. a remote server).
 
 The one list of backend names: `config` validates `model.backend` against it and
-`rerank.base.load_backend` imports the factory it names. Adding a backend touches one new
+`rerank.loader.load_backend` imports the factory it names. Adding a backend touches one new
 file and one line here. Factories take a `ModelConfig` and return a `Backend`.
 """
 

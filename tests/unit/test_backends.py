@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from proxy.config import ModelConfig
-from proxy.rerank.base import load_backend
+from proxy.rerank.loader import load_backend
 from tests.conftest import SciFact
 
 pytestmark = pytest.mark.model
@@ -166,7 +166,7 @@ def test_onnx_graph_backends_serve_without_torch_or_transformers(
     code = (
         "import sys, dataclasses\n"
         "from proxy.config import ModelConfig\n"
-        "from proxy.rerank.base import load_backend\n"
+        "from proxy.rerank.loader import load_backend\n"
         "cfg = dataclasses.replace(\n"
         f"    ModelConfig(), name={str(tiny_model)!r}, backend={backend!r}, device={device!r}\n"
         ")\n"

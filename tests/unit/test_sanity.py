@@ -24,7 +24,7 @@ import pytest
 from proxy.config import ModelConfig
 from proxy.errors import ModelLoadError
 from proxy.rerank import sanity
-from proxy.rerank.base import load_backend
+from proxy.rerank.loader import load_backend
 from proxy.rerank.sanity import (
     check_model_dir,
     label_names,
