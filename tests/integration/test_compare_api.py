@@ -2,10 +2,10 @@
 
 The proxy runs in-process (`create_app` registers `proxy.compare`'s routes) against
 `rerank_support.Engine` on the recording fake upstream; the model is the deterministic
-word-overlap backend. What is proven here: both orders come from ONE upstream search, the caller's own credentials go to
-the engine (never the configured ones), judgments from TREC and BEIR qrels files are
-attached, the page is absent (404) unless `compare.enabled`, and bad requests get a 400
-naming what is wrong without the engine being asked.
+word-overlap backend. What is proven here: both orders come from ONE upstream search, the
+caller's own credentials go to the engine (never the configured ones), judgments from TREC
+and BEIR qrels files are attached, the page is absent (404) unless `compare.enabled`, and
+bad requests get a 400 naming what is wrong without the engine being asked.
 """
 
 from __future__ import annotations
