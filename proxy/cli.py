@@ -78,6 +78,12 @@ def build_config(args: argparse.Namespace) -> Config:
     if model_changes:
         raw = dataclasses.asdict(cfg.model) | model_changes
         cfg = dataclasses.replace(cfg, model=parse_config({"model": raw}, "<flags>").model)
+    workers = getattr(args, "workers", None)
+    if workers is not None:
+        raw_listen = dataclasses.asdict(cfg.listen) | {"workers": workers}
+        cfg = dataclasses.replace(
+            cfg, listen=parse_config({"listen": raw_listen}, "<flags>").listen
+        )
     level = args.log_level or _env("LOG_LEVEL")
     fmt = args.log_format or _env("LOG_FORMAT")
     if level or fmt:
@@ -135,6 +141,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         cmd.add_argument("--device", help="auto, cpu or cuda [RERANK_PROXY_DEVICE]")
         cmd.add_argument("--log-level", help="DEBUG, INFO, ... [RERANK_PROXY_LOG_LEVEL]")
         cmd.add_argument("--log-format", help="text or json [RERANK_PROXY_LOG_FORMAT]")
+        if name == "serve":
+            cmd.add_argument(
+                "--workers", type=int, help="worker processes on one port [listen.workers]"
+            )
     check = sub.add_parser("check-config", help="validate a config file and exit")
     check.add_argument("file")
     sub.add_parser("config-table", help="print the configuration reference (Markdown)")
@@ -170,6 +180,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .log import setup_logging
 
     setup_logging(cfg.log_level, cfg.log_format)
+    if args.command == "serve" and cfg.listen.workers > 1:
+        from .workers import Supervisor
+
+        return Supervisor(cfg, lambda: build_config(args)).run()
     from .serve import serve as run_proxy
 
     try:

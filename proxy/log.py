@@ -21,7 +21,7 @@ _LIBRARIES = ("transformers", "huggingface_hub", "sentence_transformers", "onnxr
 
 def json_formatter() -> logging.Formatter:
     return JsonFormatter(
-        "%(levelname)s %(name)s %(message)s",
+        "%(levelname)s %(name)s %(process)d %(message)s",
         rename_fields={"levelname": "level", "name": "logger"},
         timestamp="ts",
         json_ensure_ascii=False,

@@ -36,7 +36,7 @@ def preflight(cfg: Config, *, bind: bool) -> list[str]:
         "listen.tls_cert", "listen.tls_key", listen.tls_cert, listen.tls_key, server
     )
     problems += _ca_bundle("listen.client_ca", listen.client_ca, server)
-    problems += _listen(listen.host, listen.port, bind=bind)
+    problems += _listen(listen.host, listen.port, bind=bind, reuse_port=listen.reuse_port)
     problems += _upstream_host(upstream.url)
     problems += _ca_bundle("upstream.ca_file", upstream.ca_file, client)
     problems += _cert_chain(
@@ -124,7 +124,7 @@ def _ca_bundle(key: str, path: str | None, protocol: int) -> list[str]:
 # --- hosts and the port ---------------------------------------------------------------------
 
 
-def _listen(host: str, port: int, *, bind: bool) -> list[str]:
+def _listen(host: str, port: int, *, bind: bool, reuse_port: bool = False) -> list[str]:
     try:
         infos = socket.getaddrinfo(
             host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
@@ -133,10 +133,12 @@ def _listen(host: str, port: int, *, bind: bool) -> list[str]:
         return [f"listen.host: cannot resolve {host!r}: {_gai_reason(exc)}"]
     if not bind or port == 0:
         return []
-    return _bind_all(host, port, infos)
+    return _bind_all(host, port, infos, reuse_port=reuse_port)
 
 
-def _bind_all(host: str, port: int, infos: list[tuple[Any, ...]]) -> list[str]:
+def _bind_all(
+    host: str, port: int, infos: list[tuple[Any, ...]], *, reuse_port: bool = False
+) -> list[str]:
     """Bind every address `host` resolves to, as asyncio's `create_server` (hence aiohttp)
     does: SO_REUSEADDR, IPv6 sockets v6-only, an address the host lacks skipped."""
     where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -150,6 +152,8 @@ def _bind_all(host: str, port: int, infos: list[tuple[Any, ...]]) -> list[str]:
             continue
         with sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:  # a worker: the port is shared with its siblings on purpose
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             try:
