@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 from .config import Config, ConfigError
 from .rerank.device import cuda_device_count
+from .rerank.registry import EXECUTORS
 from .rerank.sanity import looks_like_path, model_dir_problem, model_problem
 
 
@@ -196,7 +197,11 @@ def _upstream_host(url: str) -> list[str]:
 def _model(cfg: Config) -> list[str]:
     model = cfg.model
     problems: list[str] = []
-    if model.backend != "fake":
+    if model.backend == "remote" and not model.remote.urls:
+        problems.append("model.remote.urls: backend remote needs at least one server URL")
+    if model.remote.api_key_env and model.remote.api_key_file:
+        problems.append("model.remote.api_key_file: set api_key_env or api_key_file, not both")
+    if model.backend not in ("fake", *EXECUTORS):  # a remote server loads its own model
         problem = model_dir_problem(model.name)
         if problem:
             problems.append(f"model.name: {problem}")

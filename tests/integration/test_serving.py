@@ -406,3 +406,32 @@ async def test_model_server_command_serves_the_rerank_api(
     assert resp.status == 200 and [r["index"] for r in doc["results"]] == [1, 0]
     assert upstream.requests == []  # a model server has no cluster behind it
     assert (await _get(proc.url, False, "/_rerank_proxy/ready"))[0] == 200
+
+
+async def test_workers_share_one_port_and_one_model_server(
+    spawn: Any, upstream: FakeUpstream
+) -> None:
+    """`listen.workers: 2`: two worker processes on one port (SO_REUSEPORT), both reranking
+    through one model server; a worker that dies is started again; SIGTERM stops them all."""
+    _hits_reply(upstream)
+    config = {**_config(upstream.url), "log_format": "json"}
+    config["listen"]["workers"] = 2
+    proc = await spawn(config)
+    await proc.wait_log('"message": "2 workers on port')
+    pids: set[int] = set()
+    for _ in range(60):  # new connections: the kernel spreads them over both workers
+        assert await _search_header(proc.url) is None  # reranked, through the model server
+        lines = [json.loads(x) for x in proc.log_text().splitlines() if x.startswith("{")]
+        pids = {r["process"] for r in lines if r["logger"] == "proxy.access"}
+        if len(pids) == 2:
+            break
+    assert len(pids) == 2, "every search went to one worker"
+    assert proc.proc.pid not in pids  # the supervisor itself serves nothing
+    os.kill(next(iter(pids)), signal.SIGKILL)
+    await proc.wait_log("starting it again")
+    for _ in range(10):
+        assert await _search_header(proc.url) is None
+    proc.proc.send_signal(signal.SIGTERM)
+    assert await proc.proc.wait() == 0
+    with pytest.raises(aiohttp.ClientConnectorError):
+        await _get(proc.url, False, "/_rerank_proxy/health")

@@ -510,3 +510,22 @@ def test_values_load_config_rejects_are_left_to_it() -> None:
         assert preflight(bad, bind=False) == []
     keyless = dataclasses.replace(cfg, listen=dataclasses.replace(cfg.listen, tls_key="/x.key"))
     assert preflight(keyless, bind=False) == []
+
+
+@pytest.mark.parametrize(
+    ("remote", "expected"),
+    [
+        ({}, ["model.remote.urls: backend remote needs at least one server URL"]),
+        (
+            {"urls": ["http://127.0.0.1:1"], "api_key_env": "K", "api_key_file": "/k"},
+            ["model.remote.api_key_file: set api_key_env or api_key_file, not both"],
+        ),
+        ({"urls": ["http://127.0.0.1:1"]}, []),  # no local model directory is looked for
+    ],
+    ids=["no-urls", "two-keys", "ok"],
+)
+def test_remote_backend_checks(remote: dict[str, object], expected: list[str]) -> None:
+    from proxy.config import parse_config
+
+    cfg = parse_config({"model": {"backend": "remote", "name": "./nowhere", "remote": remote}})
+    assert [p for p in preflight(cfg, bind=False) if p.startswith("model.")] == expected
