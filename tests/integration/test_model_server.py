@@ -151,3 +151,22 @@ async def test_api_key_is_required_except_for_the_probes(monkeypatch: pytest.Mon
         assert "rerank_proxy_batch_size_count" in text and "rerank_proxy_model_loaded 1.0" in text
     finally:
         await runner.cleanup()
+
+
+@pytest.mark.parametrize(("api", "path"), [("cohere", "/v1/rerank"), ("tei", "/rerank")])
+async def test_remote_backend_against_our_model_server_equals_in_process(
+    server: str, api: str, path: str
+) -> None:
+    """`backend: remote` pointed at our own model server scores exactly as in-process."""
+    from proxy.rerank.remote import load_remote
+
+    cfg = parse_config(
+        {"model": {"backend": "remote", "remote": {"urls": [server], "api": api, "path": path}}}
+    )
+    executor = load_remote(cfg.model)
+    pairs = [(QUERY, d) for d in DOCS] + [("pear", d) for d in DOCS]
+    try:
+        got = await executor.run(pairs, 512)
+    finally:
+        await executor.close()
+    assert got == pytest.approx(FakeBackend().score_pairs(pairs, 512), abs=1e-12)
