@@ -147,6 +147,13 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.shared_cache_lookups = Counter(
+            f"{PREFIX}_shared_cache_lookups",
+            "Shared score cache (cache.redis_url) lookups, one per pair the local cache missed,"
+            " by result: hit, miss, error (Redis down, slow or erroring: scored locally).",
+            ["result"],
+            registry=r,
+        )
         self.shadow = Counter(
             f"{PREFIX}_shadow",
             "Shadow reranks (rules in `mode: shadow`), by result: compared, dropped (queue"
@@ -186,6 +193,12 @@ class Metrics:
         self.cache_entries = Gauge(
             f"{PREFIX}_cache_entries", "Scores held in the score cache.", registry=r
         )
+        self.shared_cache_up = Gauge(
+            f"{PREFIX}_shared_cache_up",
+            "1 while the shared score cache answers, 0 while it is down or slow (local cache"
+            " only) or when none is configured.",
+            registry=r,
+        )
         self.cache_hit_ratio = Gauge(
             f"{PREFIX}_cache_hit_ratio",
             "Share of score cache lookups answered from the cache since start.",
@@ -208,6 +221,7 @@ class Metrics:
         self.queue_depth.set_function(field("queued_pairs"))
         self.cache_entries.set_function(field("cache_entries"))
         self.cache_hit_ratio.set_function(field("cache_hit_ratio"))
+        self.shared_cache_up.set_function(field("shared_cache_up"))
 
     def observe_group(self, size: int, queue_wait_s: float, inference_s: float) -> None:
         """One group of pairs through the model (called by the reranker front)."""
@@ -220,6 +234,12 @@ class Metrics:
             self.cache_lookups.labels(result="hit").inc(hits)
         if misses:
             self.cache_lookups.labels(result="miss").inc(misses)
+
+    def observe_shared(self, hits: int, misses: int, errors: int) -> None:
+        """Pairs looked up in the shared score cache (called by the reranker front)."""
+        for result, n in (("hit", hits), ("miss", misses), ("error", errors)):
+            if n:
+                self.shared_cache_lookups.labels(result=result).inc(n)
 
     def record(self, outcome: Outcome, route: str, status: int | None, seconds: float) -> None:
         """Count one finished (non-admin) request."""

@@ -7,7 +7,10 @@ short, bounded wait for more) as one group of at most `policy.max_group` pairs o
 (one for a local inference thread, more for a remote server). The queue is bounded before
 work reaches the executor; a full queue raises `RerankOverloaded` and the search fails open.
 Scores are cached in an LRU keyed by model, max_length, query and a hash of the document;
-identical pairs already in flight are computed once. A caller that is cancelled drops its
+behind it an optional `SharedCache` (Redis) shared by every proxy is asked once per search for
+the pairs the LRU misses and that are not in flight, and told the scores of every group after
+it is scored; when it is down or slow the search goes on with the local cache. Identical
+pairs already in flight are computed once. A caller that is cancelled drops its
 pairs if no one else waits for them and they have not reached the executor yet. Stats are
 counters only: nothing grows with the number of batches served.
 """
@@ -24,6 +27,7 @@ from typing import Any
 
 from ..errors import RerankError, RerankOverloaded
 from .base import BatchPolicy, Executor, RerankObserver, check_scores
+from .shared_cache import SharedCache, SharedCacheUnavailable, pair_key, text_digest
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +83,7 @@ class _Pending:
     future: asyncio.Future[float]
     queued_at: float = 0.0
     waiters: int = 1
+    shared_key: str = ""  # its key in the shared cache ("" without one)
 
 
 @dataclass(slots=True)
@@ -91,6 +96,9 @@ class FrontStats:
     dropped: int = 0
     failed_batches: int = 0
     largest_batch: int = 0
+    shared_hits: int = 0
+    shared_misses: int = 0
+    shared_errors: int = 0  # pairs looked up while the shared cache was down or slow
 
 
 class RerankFront:
@@ -102,11 +110,13 @@ class RerankFront:
         policy: BatchPolicy | None = None,
         *,
         cache_size: int = 50_000,
+        shared: SharedCache | None = None,
     ) -> None:
         self.executor = executor
         self.model_id = executor.model_id
         self.policy = policy or BatchPolicy()
         self.cache = ScoreCache(cache_size)
+        self.shared = shared
         self.stats = FrontStats()
         self._queue: list[_Pending] = []
         self._inflight: dict[CacheKey, _Pending] = {}
@@ -139,26 +149,50 @@ class RerankFront:
             self._worker = asyncio.get_running_loop().create_task(
                 self._run(), name="rerank-batcher"
             )
-        results: list[float | None] = [None] * len(docs)
+        keys = [cache_key(self.model_id, max_length, query, doc) for doc in docs]
+        results: list[float | None] = [self.cache.get(key) for key in keys]
+        missing = [i for i, r in enumerate(results) if r is None]
+        if self._observer is not None:
+            self._observer.observe_lookups(len(docs) - len(missing), len(missing))
+        shared_keys: dict[int, str] = {}
+        looked_up = False
+        if self.shared is not None and missing:
+            query_digest = text_digest(query)
+            for i in missing:
+                shared_keys[i] = pair_key(self.model_id, max_length, query_digest, keys[i][3])
+            ask = [i for i in missing if keys[i] not in self._inflight]
+            if ask:
+                await self._lookup_shared(self.shared, ask, keys, shared_keys, results)
+                looked_up = True
         mine: list[tuple[int, _Pending]] = []
         new: list[_Pending] = []
         loop = asyncio.get_running_loop()
-        for i, doc in enumerate(docs):
-            key = cache_key(self.model_id, max_length, query, doc)
-            cached = self.cache.get(key)
-            if cached is not None:
-                results[i] = cached
+        for i in missing:
+            if results[i] is not None:
                 continue
+            key = keys[i]
+            if looked_up:
+                # Scored by another search while this one waited for the shared cache.
+                late = self.cache.get(key, count=False)
+                if late is not None:
+                    results[i] = late
+                    continue
             pending = self._inflight.get(key)
             if pending is not None:
                 pending.waiters += 1
                 self.stats.deduplicated += 1
             else:
-                pending = _Pending(key, query, doc, max_length, loop.create_future(), loop.time())
+                pending = _Pending(
+                    key,
+                    query,
+                    docs[i],
+                    max_length,
+                    loop.create_future(),
+                    loop.time(),
+                    shared_key=shared_keys.get(i, ""),
+                )
                 new.append(pending)
             mine.append((i, pending))
-        if self._observer is not None:
-            self._observer.observe_lookups(len(docs) - len(mine), len(mine))
         if len(self._queue) + len(new) > self.policy.max_queue:
             for _, p in mine:
                 p.waiters -= 1
@@ -180,11 +214,44 @@ class RerankFront:
             raise
         return [r for r in results if r is not None]
 
+    async def _lookup_shared(
+        self,
+        shared: SharedCache,
+        ask: list[int],
+        keys: list[CacheKey],
+        shared_keys: dict[int, str],
+        results: list[float | None],
+    ) -> None:
+        """One shared-cache round trip for the pairs at `ask`; hits fill the LRU and `results`.
+
+        Down, slow or erroring: nothing found, the pairs go to the model (counted as errors).
+        """
+        try:
+            found = await shared.get_many([shared_keys[i] for i in ask])
+        except SharedCacheUnavailable:
+            found = []
+        if len(found) != len(ask):
+            errors, hits = len(ask), 0
+        else:
+            errors = hits = 0
+            for i, score in zip(ask, found, strict=True):
+                if score is not None:
+                    hits += 1
+                    results[i] = score
+                    self.cache.put(keys[i], score)
+        misses = len(ask) - hits - errors
+        self.stats.shared_hits += hits
+        self.stats.shared_misses += misses
+        self.stats.shared_errors += errors
+        if self._observer is not None:
+            self._observer.observe_shared(hits, misses, errors)
+
     def describe(self) -> dict[str, Any]:
         return {
             **self.executor.describe(),
             "policy": asdict(self.policy),
             "cache_size": self.cache.capacity,
+            **({"shared_cache": self.shared.describe()} if self.shared is not None else {}),
         }
 
     def health(self) -> dict[str, Any]:
@@ -194,6 +261,7 @@ class RerankFront:
             "running_groups": len(self._running),
             "cache_entries": len(self.cache),
             "cache_hit_ratio": self.cache.hit_ratio,
+            **({"shared_cache_up": self.shared.up} if self.shared is not None else {}),
         }
 
     async def close(self) -> None:
@@ -207,7 +275,11 @@ class RerankFront:
         for task in list(self._running):
             task.cancel()
         await asyncio.gather(*self._running, return_exceptions=True)
-        await self.executor.close()
+        try:
+            await self.executor.close()
+        finally:
+            if self.shared is not None:
+                await self.shared.close()
 
     # -- the batcher -----------------------------------------------------------------------
 
@@ -276,6 +348,11 @@ class RerankFront:
             self.cache.put(p.key, s)
             if not p.future.done():
                 p.future.set_result(s)
+        if self.shared is not None:
+            # Queued, not awaited on Redis: the callers already have their scores.
+            stored = [(p.shared_key, s) for p, s in zip(group, scores, strict=True) if p.shared_key]
+            if stored:
+                await self.shared.put_many(stored)
 
     def _fail(self, group: list[_Pending], exc: BaseException) -> None:
         for p in group:
