@@ -301,6 +301,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, help="seconds per measurement (default 8)")
     parser.add_argument("--rounds", type=int, help="repeat each measurement, report medians")
     parser.add_argument("--nginx-workers", type=int, default=1)
+    parser.add_argument(
+        "--proxy-workers", type=int, default=1, help="the proxy's listen.workers (processes)"
+    )
     parser.add_argument("--proxy-log-level", default="INFO", help="the proxy's log level")
     parser.add_argument("--loadgen", choices=("auto", "wrk", "python"), default="auto")
     parser.add_argument("--profile", action="store_true", help="also profile the proxy")
@@ -327,6 +330,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with workdir("bench-passthrough-", keep=args.keep) as work:
         cfg = proxy_config(engine_url, log_level=args.proxy_log_level)
+        cfg["listen"]["workers"] = args.proxy_workers
         proxy = start_proxy(cfg, work)
         nginx = Nginx(engine_url, work, args.nginx_workers)
         targets = {
@@ -393,7 +397,8 @@ def report(
         "- Traffic: `doc` = `GET /bench-scifact/_doc/ID` over 200 ids (~1-2 KB JSON);"
         " `search` = `POST /bench-scifact/_search` `match` on title, size 3, an index the"
         " proxy config leaves disabled (it is parsed, then passed through).",
-        f"- Proxy: `python -m proxy serve`, backend `fake`, log level"
+        f"- Proxy: `python -m proxy serve` with {args.proxy_workers} worker process(es) (CPU"
+        " counted over the supervisor's process tree), backend `fake`, log level"
         f" {args.proxy_log_level} (one access line per request to a file).",
         f"- nginx: {args.nginx_workers} worker, access log on, HTTP/1.1 upstream keepalive,"
         " `proxy_buffering off` and `proxy_request_buffering off` (our proxy streams both"
