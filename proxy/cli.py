@@ -1,4 +1,4 @@
-"""Command line: `rerank-proxy serve | model-server | probe | check-config | config-table`.
+"""Command line: `rerank-proxy serve | model-server | eval | probe | check-config | config-table`.
 
 Precedence: the config file, then environment variables, then flags. Every config key is an
 environment variable (`RERANK_PROXY_` + the key path in capitals, levels joined by `__`:
@@ -148,7 +148,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     check = sub.add_parser("check-config", help="validate a config file and exit")
     check.add_argument("file")
     sub.add_parser("config-table", help="print the configuration reference (Markdown)")
+    from .evaluate.cli import add_parser as add_eval_parser  # argparse only; heavy imports lazy
+
+    add_eval_parser(sub)
     args = parser.parse_args(argv)
+
+    if args.command == "eval":
+        from .evaluate.cli import run as run_eval
+
+        return run_eval(args)
 
     if args.command == "config-table":
         print(config_table())

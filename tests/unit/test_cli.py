@@ -395,3 +395,53 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
         main(["--version"])
     assert info.value.code == 0
     assert capsys.readouterr().out == f"rerank-proxy {__version__}\n"
+
+
+STARTUP_MISTAKES = [
+    ("missing-ca", "upstream: {ca_file: /nonexistent/ca.pem}\n", "upstream.ca_file: cannot read"),
+    (
+        "missing-cert",
+        "listen: {tls_cert: /nonexistent/c.pem, tls_key: /nonexistent/k.pem}\n",
+        "listen.tls_cert: cannot read",
+    ),
+    (
+        "bad-host",
+        "upstream: {url: 'http://nonexistent.invalid:9200'}\n",
+        "upstream.url: cannot resolve",
+    ),
+    ("cuda", "model: {device: cuda, backend: onnx}\n", "model.device: cuda requested but no CUDA"),
+    ("model-path", "model: {name: ./no/such/model}\n", "model.name: no model directory at"),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "start"), [c[1:] for c in STARTUP_MISTAKES], ids=[c[0] for c in STARTUP_MISTAKES]
+)
+def test_startup_mistakes_are_one_line_and_exit_2(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, text: str, start: str
+) -> None:
+    import proxy.preflight
+
+    monkeypatch.setattr(proxy.preflight, "cuda_device_count", lambda: 0)
+    name = _file(text)
+    assert main(["check-config", name]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith(f"{name}: {start}"), err
+    assert all(line.startswith(f"{name}: ") for line in err)  # one line per problem
+    assert main(["serve", "--config", name]) == 2  # before any model loads
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith(start) and not any("Traceback" in line for line in err), err
+
+
+def test_port_in_use_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        name = _file(f"listen: {{host: 127.0.0.1, port: {port}}}\nmodel: {{backend: fake}}\n")
+        assert main(["serve", "--config", name]) == 2
+    assert capsys.readouterr().err == (
+        f"listen.port: cannot listen on 127.0.0.1:{port}: address already in use\n"
+    )
