@@ -24,7 +24,7 @@ from .metrics import Metrics
 from .outcome import Outcome
 from .passthrough import error_response, forward
 from .rerank.base import Reranker
-from .routing import classify
+from .routing import classify, origin_form
 from .settings import Settings
 from .shadow import ShadowRunner
 from .tls import client_certificate_missing
@@ -152,6 +152,24 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
 
 
 @web.middleware
+async def _origin_form_only(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Only origin-form targets reach a handler: `GET http://elsewhere/path`, `CONNECT` and
+    `OPTIONS *` would otherwise be routed by their path alone (or not at all: aiohttp's
+    plain-text 404), and the upstream URL built from the raw target."""
+    if not origin_form(request.method, request.raw_path):
+        logger.debug("rejected a %s request with a non-origin-form target", request.method)
+        return error_response(
+            400,
+            "proxy_bad_request",
+            "the request target must be a path starting with '/' (origin-form); "
+            "this is a gateway to one cluster, not a forward proxy",
+        )
+    return await handler(request)
+
+
+@web.middleware
 async def _require_client_certificate(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
@@ -165,7 +183,9 @@ async def _require_client_certificate(
 
 def create_app(cfg: Config, *, reranker: Reranker | None = None) -> web.Application:
     """Build the application. Pass `reranker` (already loaded) to enable reranking."""
-    middlewares = [_require_client_certificate] if cfg.listen.client_ca else []
+    middlewares = [_origin_form_only]
+    if cfg.listen.client_ca:
+        middlewares.append(_require_client_certificate)
     app = web.Application(client_max_size=cfg.upstream.max_buffer_bytes, middlewares=middlewares)
     app[SETTINGS] = Settings(cfg)
     app[UPSTREAM] = Upstream(cfg.upstream)

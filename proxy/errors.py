@@ -26,18 +26,24 @@ class ProxyError(Exception):
 
 
 class UpstreamError(ProxyError):
+    """The message (logged) may name the upstream's address; `public_reason` (the client's
+    error body) never does."""
+
     status = 502
     error_type = "proxy_upstream_error"
+    public_reason = "upstream error"
 
 
 class UpstreamUnavailable(UpstreamError):
     status = 502
     error_type = "proxy_upstream_unavailable"
+    public_reason = "upstream unreachable"
 
 
 class UpstreamTimeout(UpstreamError):
     status = 504
     error_type = "proxy_upstream_timeout"
+    public_reason = "upstream timed out"
 
 
 class RerankError(ProxyError):

@@ -26,7 +26,7 @@ from . import jsoncodec
 from .keys import PROXY_PARAMS, SETTINGS, UPSTREAM
 from .outcome import Outcome, Reason, State
 from .passthrough import forward
-from .routing import parse_params, split_path_query, without_params
+from .routing import accepts_gzip, parse_params, split_path_query, without_params
 from .settings import Snapshot
 from .upstream import UpstreamResponse, iter_stream, request_headers, response_headers
 
@@ -199,7 +199,8 @@ class SearchRequest:
         headers = response_headers(up.headers)  # hop-by-hop filtered, Via appended
         for name in ("Content-Length", "Content-Encoding"):
             headers.popall(name, None)
-        if "gzip" in self.request.headers.get("Accept-Encoding", "").lower():
+        accept = self.request.headers.getall("Accept-Encoding", [])
+        if accepts_gzip(", ".join(accept)):
             body = gzip.compress(body, compresslevel=1)
             headers["Content-Encoding"] = "gzip"
         headers.update(self.outcome.headers())

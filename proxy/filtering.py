@@ -278,10 +278,18 @@ def _step(patterns: list[list[str]], key: str) -> tuple[list[list[str]], bool]:
     return nxt, done
 
 
+# The recursive walks below use plain loops, not comprehensions: before Python 3.12 a
+# comprehension is a frame of its own, and one frame per level keeps a document at
+# `jsoncodec.MAX_DEPTH` well inside the recursion limit.
+
+
 def _fp_include(value: Any, patterns: list[list[str]]) -> Any:
     if isinstance(value, list):
-        items = [_fp_include(v, patterns) for v in value]
-        items = [v for v in items if v is not _MISSING]
+        items: list[Any] = []
+        for v in value:
+            kept = _fp_include(v, patterns)
+            if kept is not _MISSING:
+                items.append(kept)
         return items if items else _MISSING
     if not isinstance(value, dict):
         return _MISSING
@@ -301,8 +309,11 @@ def _fp_exclude(value: Any, patterns: list[list[str]]) -> Any:
     """Drop what the patterns name; a container emptied by that is dropped too, one that
     was empty already is kept."""
     if isinstance(value, list):
-        items = [_fp_exclude(v, patterns) for v in value]
-        kept = [v for v in items if v is not _MISSING]
+        kept: list[Any] = []
+        for v in value:
+            sub = _fp_exclude(v, patterns)
+            if sub is not _MISSING:
+                kept.append(sub)
         return kept if kept or not value else _MISSING
     if not isinstance(value, dict):
         return value
@@ -317,13 +328,27 @@ def _fp_exclude(value: Any, patterns: list[list[str]]) -> Any:
     return out if out or not value else _MISSING
 
 
+def _filter_parts(filter_path: str) -> list[str]:
+    """The comma-separated filters, trimmed as the engines trim them; an exclusion is
+    trimmed again after its `-` (`- took` excludes `took`)."""
+    parts = [p.strip() for p in filter_path.split(",") if p.strip()]
+    return ["-" + p[1:].strip() if p.startswith("-") else p for p in parts]
+
+
+def filter_path_valid(filter_path: str) -> bool:
+    """Would the engines accept this `filter_path`? A bare `-` (an exclusion of nothing)
+    is their 400 `filters cannot be null or empty`."""
+    return all(p != "-" for p in _filter_parts(filter_path))
+
+
 def apply_filter_path(doc: Any, filter_path: str) -> Any:
     """Apply an engine `filter_path` expression to a decoded response.
 
     Exclusions (`-path`) are applied first, then the inclusions, as the engines document;
-    when nothing is left the result is `{}`.
+    when nothing is left the result is `{}`. A bare `-` is ignored (see `filter_path_valid`:
+    the proxy passes such a search through).
     """
-    parts = [p.strip() for p in filter_path.split(",") if p.strip()]
+    parts = [p for p in _filter_parts(filter_path) if p != "-"]
     includes = _compile([p for p in parts if not p.startswith("-")])
     excludes = _compile([p[1:] for p in parts if p.startswith("-")])
     if excludes:

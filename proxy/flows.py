@@ -7,12 +7,15 @@ client's view in either order). This module strings them together and owns the o
 fail-open rule:
 
 - Before the engine was asked, a search the proxy leaves alone is sent as the client sent
-  it (streamed when no body is needed to decide).
+  it (streamed when no body is needed to decide). That includes a body the engine would
+  reject: `jsoncodec` parses as strictly as the engine (no `NaN`, no duplicate keys, nesting
+  bounded), so the client sees the engine's own error, never a rewritten body's answer.
 - Once the widened response is in hand, the client gets its view of it: reranked, or in the
   engine's order when the search is skipped or the reranker fails (timeout, overload,
   invalid scores, any error). The search is never sent twice for that.
 - The client's own request is re-sent only when the proxy holds nothing it can serve: the
-  response was too large to buffer, did not parse, had an unexpected shape, or was a 4xx
+  response was too large to buffer, did not parse (too deep included), had a shape no
+  engine writes (`plan.rerankable_response`; for `_msearch`, any item's), or was a 4xx
   that the widening may have caused (`fetch.servable_as_is`).
 
 Every skip and failure is a closed-set `Reason` on the request's `Outcome`; a failure logs
@@ -35,7 +38,7 @@ from .answer import client_view
 from .config import RuleConfig, resolve_rule, split_targets
 from .errors import RerankError, RerankOverloaded, UpstreamError
 from .fetch import Fetched, SearchRequest, parse_ndjson, read_search, servable_as_is
-from .filtering import apply_filter_path
+from .filtering import apply_filter_path, filter_path_valid
 from .keys import METRICS, PROXY_PARAMS, RERANKER, SETTINGS, SHADOW
 from .outcome import ItemOutcome, Outcome, Reason, State
 from .passthrough import forward, upstream_error_response
@@ -233,7 +236,17 @@ def _item_targets(head: dict[str, Any], route: Route) -> tuple[str, ...]:
     return route.targets
 
 
+def _item_unservable(plan: SearchPlan | Skip, item: Any) -> bool:
+    """Is this `_msearch` item's answer to a widened search of a shape no engine writes?"""
+    if isinstance(plan, Skip) or (isinstance(item, dict) and item.get("error")):
+        return False  # the engine's answer to the client's own item, or its own error
+    return rerankable_response(item) is Reason.UNEXPECTED_RESPONSE
+
+
 async def _multi(sr: SearchRequest, route: Route) -> web.StreamResponse:
+    filter_paths = [v for k, v in sr.params if k == "filter_path"]
+    if not all(filter_path_valid(v) for v in filter_paths):
+        return await _skip(sr, Reason.BAD_FILTER_PATH)
     decoded = sr.decoded_body()
     lines = parse_ndjson(decoded) if decoded is not None else None
     if not lines or len(lines) % 2 or not all(isinstance(h, dict) for _, h in lines[::2]):
@@ -274,7 +287,6 @@ async def _multi(sr: SearchRequest, route: Route) -> web.StreamResponse:
     if len(skips) == len(plans):
         sr.outcome.items([ItemOutcome(State.SKIPPED, p.reason) for p in skips])
         return await sr.resend()
-    filter_paths = [v for k, v in sr.params if k == "filter_path"]
     query = without_params(sr.raw_query, PROXY_PARAMS | {"filter_path"})
     path = sr.path[: -len("/template")] if templated else sr.path
     fetched = await sr.fetch_window(path, query, b"\n".join(out_lines) + b"\n")
@@ -282,7 +294,12 @@ async def _multi(sr: SearchRequest, route: Route) -> web.StreamResponse:
     if fetched.up is None or fetched.problem is not None:
         return await _unservable(sr, fetched, len(plans))
     responses = doc.get("responses") if isinstance(doc, dict) else None
-    if not isinstance(responses, list) or len(responses) != len(plans):
+    if (
+        not isinstance(responses, list)
+        or len(responses) != len(plans)
+        or any(_item_unservable(p, r) for p, r in zip(plans, responses, strict=True))
+    ):
+        # Nothing to build that item's view from: the client's own `_msearch` instead.
         return await _unservable(sr, Fetched(None, problem=Reason.UNEXPECTED_RESPONSE), len(plans))
 
     async def one(i: int, plan: SearchPlan | Skip) -> tuple[ItemOutcome, Any]:
@@ -292,8 +309,6 @@ async def _multi(sr: SearchRequest, route: Route) -> web.StreamResponse:
         if isinstance(item, dict) and item.get("error"):
             return ItemOutcome(State.SKIPPED, Reason.ITEM_ERROR), item
         reason = rerankable_response(item)
-        if reason is Reason.UNEXPECTED_RESPONSE:
-            return ItemOutcome(State.SKIPPED, reason), item
         if reason is not None:
             return ItemOutcome(State.SKIPPED, reason), client_view(item, plan, apply_path=False)
         t0 = time.perf_counter()

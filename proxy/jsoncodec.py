@@ -4,6 +4,13 @@ Python's json module turns `1.0E10` into `10000000000.0` on the way back out. Th
 rewrites only hit order and scores, so everything else must come back as the engine wrote
 it: floats are parsed as `RawFloat` (a float that remembers its text) and written back
 verbatim; non-ASCII text is written as UTF-8, as the engines do. Pure module.
+
+Parsing is as strict as the engines' (Jackson): `NaN`, `Infinity` and `-Infinity` are not
+JSON, and a key repeated in one object is an error, so a body the engine would reject is
+never rewritten into one it accepts; the caller passes it on unchanged instead. Nesting is
+bounded explicitly (`MAX_DEPTH`): deeper text is a `ValueError` before the recursive parser
+sees it, and so is a deeper value given to `dumps`. Everything downstream (planning,
+`_source` and `filter_path` filtering, the client view) sees only what `loads` admitted.
 """
 
 from __future__ import annotations
@@ -11,10 +18,19 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
+from itertools import accumulate
 from typing import Any
+
+# Deeper than any search body or stored document needs, and far enough below Python's
+# recursion limit (1000) that every recursive step after parsing has room.
+MAX_DEPTH = 512
 
 _encode_str = json.JSONEncoder(ensure_ascii=False).encode
 _encode_str_ascii = json.JSONEncoder(ensure_ascii=True).encode
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_DELTA = [0] * 256
+_DELTA[ord("[")] = _DELTA[ord("{")] = 1
+_DELTA[ord("]")] = _DELTA[ord("}")] = -1
 
 
 class RawFloat(float):
@@ -29,12 +45,64 @@ class RawFloat(float):
         return obj
 
 
+class TooDeep(ValueError):
+    """JSON nested deeper than `MAX_DEPTH`."""
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise ValueError(f"duplicate key {key!r}")
+            seen.add(key)
+    return obj
+
+
+def _check_depth(raw: bytes) -> None:
+    """Raise `TooDeep` when UTF-8 JSON text nests containers deeper than `MAX_DEPTH`.
+
+    Counts the brackets outside strings, at C speed: escaped backslashes and quotes are
+    dropped first, so the quotes left delimit the strings exactly. Text that is not JSON may
+    be miscounted, never in a way that lets the parser recurse deeper than the limit
+    before it fails.
+    """
+    if raw.count(b"[") + raw.count(b"{") <= MAX_DEPTH:
+        return  # too few containers to nest that deep
+    if b"\\" in raw:
+        raw = raw.replace(b"\\\\", b"").replace(b'\\"', b"")
+    outside = b"".join(raw.split(b'"')[::2])
+    brackets = outside.translate(None, _NOT_BRACKETS)
+    if max(accumulate(map(_DELTA.__getitem__, brackets)), default=0) > MAX_DEPTH:
+        raise TooDeep(f"JSON nested deeper than {MAX_DEPTH} levels")
+
+
 def loads(data: bytes | str) -> Any:
-    """Parse JSON keeping float spellings (`RawFloat`) and key order."""
-    return json.loads(data, parse_float=RawFloat)
+    """Parse JSON as strictly as the engines, keeping float spellings (`RawFloat`) and key
+    order. Raises ValueError for what is not JSON to them: `NaN`/`Infinity`, duplicate keys,
+    nesting past `MAX_DEPTH`."""
+    if isinstance(data, str):
+        raw = data.encode("utf-8", "surrogatepass")
+    else:
+        raw = bytes(data)
+        encoding = json.detect_encoding(raw)
+        if not encoding.startswith("utf-8"):  # UTF-16/32: count in UTF-8, as json decodes
+            data = raw.decode(encoding, "surrogatepass")
+            raw = data.encode("utf-8", "surrogatepass")
+    _check_depth(raw)
+    return json.loads(
+        data, parse_float=RawFloat, parse_constant=_reject_constant, object_pairs_hook=_object
+    )
 
 
-def _dump(value: Any, out: list[str], encode_str: Callable[[str], str] = _encode_str) -> None:
+def _dump(
+    value: Any, out: list[str], encode_str: Callable[[str], str] = _encode_str, depth: int = 0
+) -> None:
     if isinstance(value, str):
         out.append(encode_str(value))
     elif value is None:
@@ -52,6 +120,8 @@ def _dump(value: Any, out: list[str], encode_str: Callable[[str], str] = _encode
             out.append("null")
         else:
             out.append(repr(value))
+    elif depth >= MAX_DEPTH and isinstance(value, (dict, list, tuple)):
+        raise TooDeep(f"value nested deeper than {MAX_DEPTH} levels")
     elif isinstance(value, dict):
         out.append("{")
         first = True
@@ -61,21 +131,22 @@ def _dump(value: Any, out: list[str], encode_str: Callable[[str], str] = _encode
             first = False
             out.append(encode_str(str(key)))
             out.append(":")
-            _dump(item, out, encode_str)
+            _dump(item, out, encode_str, depth + 1)
         out.append("}")
     elif isinstance(value, (list, tuple)):
         out.append("[")
         for i, item in enumerate(value):
             if i:
                 out.append(",")
-            _dump(item, out, encode_str)
+            _dump(item, out, encode_str, depth + 1)
         out.append("]")
     else:
         raise TypeError(f"cannot encode {type(value).__name__} as JSON")
 
 
 def dumps(value: Any) -> bytes:
-    """Compact JSON, UTF-8, with `RawFloat`s written as they were read."""
+    """Compact JSON, UTF-8, with `RawFloat`s written as they were read; ValueError
+    (`TooDeep`) for a value nested past `MAX_DEPTH`."""
     out: list[str] = []
     _dump(value, out)
     try:

@@ -40,6 +40,7 @@ class Reason(StrEnum):
     TEMPLATE_NOT_RENDERED = "template_not_rendered"
     BAD_FROM_SIZE = "bad_from_size"
     BAD_SOURCE = "bad_source"
+    BAD_FILTER_PATH = "bad_filter_path"
     NO_QUERY_TEXT = "no_query_text"
     PAST_WINDOW = "past_window"
     SIZE_0 = "size_0"

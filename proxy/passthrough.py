@@ -38,10 +38,14 @@ def error_response(status: int, error_type: str, reason: str) -> web.Response:
 
 
 def upstream_error_response(request: web.Request, exc: UpstreamError) -> web.Response:
-    """The proxy's 502/504 for an upstream that could not be used (logged and counted)."""
+    """The proxy's 502/504 for an upstream that could not be used (logged and counted).
+
+    The log line has the details (the upstream's address among them); the client's body
+    says only what kind of failure it was, so the cluster's address does not leak out.
+    """
     logger.warning("upstream request failed: %s", exc)
     request.app[METRICS].upstream_errors.labels(status=str(exc.status)).inc()
-    return error_response(exc.status, exc.error_type, str(exc))
+    return error_response(exc.status, exc.error_type, exc.public_reason)
 
 
 async def forward(

@@ -20,6 +20,7 @@ from typing import Any
 from .config import RuleConfig, rule_text_fields
 from .filtering import (
     SourceFilter,
+    filter_path_valid,
     pattern_reaches,
     source_filter_from_body,
     source_filter_from_params,
@@ -100,19 +101,33 @@ def _json_pointer(doc: Any, pointer: str) -> Any:
     return doc
 
 
-_INT = re.compile(r"\s*-?[0-9]+\s*")
+# What the engines accept, or less: a URL parameter is read with Java's `Integer.parseInt`
+# (no spaces, `+`/`-` sign), a body string is trimmed first. Anything else is passed through
+# for the engine to judge (`bad_from_size`), never read more leniently than it would.
+_PARAM_INT = re.compile(r"[+-]?[0-9]+")
+_BODY_INT = re.compile(r"[ \t\r\n]*[+-]?[0-9]+[ \t\r\n]*")
+_INT_MAX = 2**31 - 1  # a Java int
 
 
-def _int(value: Any, default: int) -> int | None:
+def _int(value: Any, default: int, *, param: bool) -> int | None:
     if value is None:
         return default
     if isinstance(value, bool):
         return None
-    if isinstance(value, int):
+    if isinstance(value, str) and (_PARAM_INT if param else _BODY_INT).fullmatch(value):
+        value = int(value)
+    if isinstance(value, int) and -_INT_MAX - 1 <= value <= _INT_MAX:
         return value
-    if isinstance(value, str) and _INT.fullmatch(value):
-        return int(value)
     return None
+
+
+def _page_value(
+    p: Mapping[str, str], body: Mapping[str, Any], key: str, default: int
+) -> int | None:
+    """`from` or `size`: the URL parameter wins over the body, as in the engines."""
+    if key in p:
+        return _int(p[key], default, param=True)
+    return _int(body.get(key), default, param=False)
 
 
 def _query_text(
@@ -187,10 +202,12 @@ def plan_search(
     query = body.get("query")
     if isinstance(query, dict) and any(k in query for k in _PASS_QUERY_TYPES):
         return Skip(Reason.QUERY_TYPE)
-    from_ = _int(p.get("from", body.get("from")), 0)
-    size = _int(p.get("size", body.get("size")), 10)
+    from_ = _page_value(p, body, "from", 0)
+    size = _page_value(p, body, "size", 10)
     if from_ is None or size is None or from_ < 0 or size < 0:
         return Skip(Reason.BAD_FROM_SIZE)
+    if not all(filter_path_valid(v) for k, v in params if k == "filter_path"):
+        return Skip(Reason.BAD_FILTER_PATH)
     if size == 0:
         return Skip(Reason.SIZE_0)
     if from_ >= rule.window:
@@ -240,10 +257,40 @@ def sampled(rule: RuleConfig, targets: Sequence[str], query: str) -> bool:
     return point < rule.sample
 
 
+def _is_score(value: Any) -> bool:
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+
+def _hit_shape_ok(hit: Any) -> bool:
+    """Is this a hit as the engines write it, in the parts the proxy reads or rewrites?"""
+    if not isinstance(hit, dict) or not _is_score(hit.get("_score")):
+        return False
+    for key in ("_source", "fields"):
+        if key in hit and not isinstance(hit[key], dict):
+            return False
+    fragments = hit.get("highlight")
+    if fragments is None:
+        return "highlight" not in hit
+    return isinstance(fragments, dict) and all(isinstance(f, list) for f in fragments.values())
+
+
 def rerankable_response(doc: Any) -> Reason | None:
-    """None when the response can be reranked, else the reason it cannot."""
+    """None when the response can be reranked, else the reason it cannot.
+
+    `UNEXPECTED_RESPONSE` is a shape no engine writes (not an object, `hits` not an object,
+    a hit that is not an object, a `_source`, `fields` or `highlight` that is not one, a
+    `_score` that is not a number): nothing in it can be served, so the flow re-sends the
+    client's own request. The other reasons leave a response that can still be sliced.
+    """
     if not isinstance(doc, dict):
         return Reason.UNEXPECTED_RESPONSE
+    hits = doc.get("hits")
+    if "hits" in doc and not isinstance(hits, dict):
+        return Reason.UNEXPECTED_RESPONSE
+    if isinstance(hits, dict):
+        found = hits.get("hits")
+        if isinstance(found, list) and not all(_hit_shape_ok(h) for h in found):
+            return Reason.UNEXPECTED_RESPONSE
     if doc.get("timed_out") is True:
         return Reason.TIMED_OUT
     shards = doc.get("_shards")

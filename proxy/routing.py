@@ -7,6 +7,7 @@ plain `application/json`.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import parse_qsl, quote, unquote_plus
@@ -31,6 +32,16 @@ class Route:
 
 
 PASS = Route("pass")
+
+
+def origin_form(method: str, raw_target: str) -> bool:
+    """Is this request target origin-form (`/path?query`, RFC 9112 3.2.1)?
+
+    The proxy is a gateway, not a forward proxy: absolute-form (`http://host/path`, any
+    scheme), authority-form (`CONNECT host:port`) and asterisk-form (`OPTIONS *`) targets
+    are errors, rejected before an upstream URL is built from them.
+    """
+    return method != "CONNECT" and raw_target.startswith("/")
 
 
 def classify(method: str, raw_path: str) -> Route:
@@ -82,3 +93,39 @@ def with_params(raw_query: str, extra: dict[str, str]) -> str:
     parts = [raw_query] if raw_query else []
     parts.extend(f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in extra.items())
     return "&".join(parts)
+
+
+# RFC 9110 12.4.2: `0`, `0.x`, `1`, `1.0`, with at most three decimals.
+_QVALUE = re.compile(r"0(?:\.[0-9]{0,3})?|1(?:\.0{0,3})?")
+
+
+def _weight(params: list[str]) -> float:
+    """The `q` of one `Accept-Encoding` member (1 when absent, 0 when malformed)."""
+    for param in params:
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "q":
+            value = value.strip()
+            return float(value) if _QVALUE.fullmatch(value) else 0.0
+    return 1.0
+
+
+def accepts_gzip(accept_encoding: str | None) -> bool:
+    """Does this `Accept-Encoding` value accept gzip (RFC 9110 12.5.3)?
+
+    `gzip` (or its alias `x-gzip`) with a q-value above 0 does, and so does `*` above 0
+    when gzip is not named; `gzip;q=0` and `*;q=0` do not. No header, an empty one, or a
+    malformed q-value: identity, which every client accepts.
+    """
+    if not accept_encoding:
+        return False
+    named: list[float] = []
+    star: list[float] = []
+    for member in accept_encoding.split(","):
+        coding, *params = member.split(";")
+        coding = coding.strip().lower()
+        if coding in ("gzip", "x-gzip"):
+            named.append(_weight(params))
+        elif coding == "*":
+            star.append(_weight(params))
+    weights = named or star
+    return bool(weights) and min(weights) > 0

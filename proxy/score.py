@@ -30,7 +30,11 @@ from .rerank.base import Reranker, check_scores
 
 def _values_at(obj: Any, parts: Sequence[str]) -> list[str]:
     if isinstance(obj, list):
-        return [v for item in obj for v in _values_at(item, parts)]
+        # A loop, not a comprehension: one frame per level (see `filtering._fp_include`).
+        out: list[str] = []
+        for item in obj:
+            out.extend(_values_at(item, parts))
+        return out
     if not parts:
         if isinstance(obj, str):
             return [obj] if obj.strip() else []
@@ -77,7 +81,8 @@ def _highlight_text(hit: Mapping[str, Any], rule: RuleConfig) -> str | None:
     if not isinstance(fragments, dict):
         return None
     wanted = rule_text_fields(rule) or tuple(fragments)
-    parts = [" ".join(f for f in fragments.get(name, []) if isinstance(f, str)) for name in wanted]
+    lists = [fragments.get(name) for name in wanted]
+    parts = [" ".join(f for f in fs if isinstance(f, str)) for fs in lists if isinstance(fs, list)]
     text = "\n".join(p for p in parts if p)
     return text or None
 

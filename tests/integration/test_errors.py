@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 
 import pytest
 
@@ -35,6 +36,43 @@ async def test_upstream_down_is_502_in_es_shape(start_proxy: StartProxy, closed_
     proxy = await start_proxy(url=f"http://127.0.0.1:{closed_port}")
     resp = await proxy.get()
     _assert_es_error(resp, 502, "proxy_upstream_unavailable")
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"GET /idx/_doc/1 HTTP/1.1\r\nHost: p\r\n\r\n",
+        b"POST /_search HTTP/1.1\r\nHost: p\r\nContent-Type: application/json\r\n"
+        b'Content-Length: 33\r\n\r\n{"query":{"match":{"t":"apple"}}}',
+    ],
+    ids=["pass-through", "search"],
+)
+async def test_502_names_no_upstream_address_and_the_log_does(
+    start_proxy: StartProxy, closed_port: int, caplog: pytest.LogCaptureFixture, raw: bytes
+) -> None:
+    caplog.set_level(logging.WARNING)
+    proxy = await start_proxy(url=f"http://127.0.0.1:{closed_port}")
+    resp = await proxy.request(raw)
+    _assert_es_error(resp, 502, "proxy_upstream_unavailable")
+    assert json.loads(resp.body)["error"]["reason"] == "upstream unreachable"
+    assert b"127.0.0.1" not in resp.body and str(closed_port).encode() not in resp.body
+    logged = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(f"127.0.0.1:{closed_port}" in line for line in logged), logged
+
+
+async def test_504_names_no_upstream_address(
+    start_proxy: StartProxy, upstream: FakeUpstream
+) -> None:
+    async def silent(req: Received, writer: asyncio.StreamWriter) -> bool:
+        await asyncio.sleep(60)
+        return False
+
+    upstream.handler = silent
+    proxy = await start_proxy(read_timeout=0.5)
+    resp = await proxy.get()
+    _assert_es_error(resp, 504, "proxy_upstream_timeout")
+    assert json.loads(resp.body)["error"]["reason"] == "upstream timed out"
+    assert str(upstream.port).encode() not in resp.body
 
 
 async def test_upstream_that_never_answers_is_504_after_read_timeout(

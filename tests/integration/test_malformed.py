@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 
@@ -60,3 +61,62 @@ async def test_expect_100_continue(proxy: RunningProxy, upstream: FakeUpstream) 
     req = upstream.requests[0]
     assert bytes(req.body) == body and req.complete
     assert req.header("Expect") is None  # the proxy already answered it
+
+
+# Request targets that are not origin-form (RFC 9112 3.2): the proxy is a gateway to one
+# cluster, never a forward proxy, so none of them may reach the upstream URL builder.
+NOT_ORIGIN_FORM = {
+    "absolute-http": b"GET http://x/idx/_doc/1 HTTP/1.1\r\nHost: x\r\n\r\n",
+    "absolute-upper-case": b"GET HTTP://X/idx/_doc/1 HTTP/1.1\r\nHost: x\r\n\r\n",
+    "absolute-other-scheme": b"GET host://x/idx/_doc/1 HTTP/1.1\r\nHost: x\r\n\r\n",
+    "absolute-search": b"POST http://x/books/_search HTTP/1.1\r\nHost: x\r\n"
+    b"Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}",
+    "absolute-bulk": b"POST https://elsewhere:9200/_bulk HTTP/1.1\r\nHost: x\r\n"
+    b"Content-Length: 0\r\n\r\n",
+    "absolute-admin": b"GET http://x/_rerank_proxy/health HTTP/1.1\r\nHost: x\r\n\r\n",
+    "absolute-no-path": b"GET http://x HTTP/1.1\r\nHost: x\r\n\r\n",
+    "options-asterisk": b"OPTIONS * HTTP/1.1\r\nHost: p\r\n\r\n",
+    "connect-authority": b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("raw", NOT_ORIGIN_FORM.values(), ids=NOT_ORIGIN_FORM.keys())
+async def test_non_origin_form_target_is_an_es_shaped_400_and_not_forwarded(
+    proxy: RunningProxy, upstream: FakeUpstream, raw: bytes
+) -> None:
+    client = await proxy.connect()
+    resp = await client.request(raw)
+    await client.close()
+    assert resp.status == 400
+    assert (resp.header("Content-Type") or "").startswith("application/json")
+    doc = json.loads(resp.body)
+    assert doc["status"] == 400
+    assert doc["error"]["type"] == doc["error"]["root_cause"][0]["type"] == "proxy_bad_request"
+    await asyncio.sleep(0.05)
+    assert upstream.requests == []
+    assert upstream.connections == 0
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"GET x/idx HTTP/1.1\r\nHost: p\r\n\r\n", b"GET mailto:a@b HTTP/1.1\r\nHost: p\r\n\r\n"],
+    ids=["relative", "no-authority"],
+)
+async def test_target_the_http_parser_rejects_is_400_and_not_forwarded(
+    proxy: RunningProxy, upstream: FakeUpstream, raw: bytes
+) -> None:
+    """aiohttp's parser answers these itself (plain text), before any handler runs."""
+    client = await proxy.connect()
+    resp = await client.request(raw)
+    await client.close()
+    assert resp.status == 400
+    await asyncio.sleep(0.05)
+    assert upstream.requests == []
+
+
+async def test_origin_form_with_an_empty_first_segment_is_a_path(
+    proxy: RunningProxy, upstream: FakeUpstream
+) -> None:
+    resp = await proxy.get("//idx/_doc/1")
+    assert resp.status == 200
+    assert [r.target for r in upstream.requests] == ["//idx/_doc/1"]

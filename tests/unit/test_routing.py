@@ -7,7 +7,9 @@ import pytest
 from proxy.routing import (
     PASS,
     Route,
+    accepts_gzip,
     classify,
+    origin_form,
     parse_params,
     split_path_query,
     with_params,
@@ -197,3 +199,73 @@ def test_parse_params(raw: str, expected: list[tuple[str, str]]) -> None:
 )
 def test_split_path_query(raw: str, expected: tuple[str, str]) -> None:
     assert split_path_query(raw) == expected
+
+
+# (method, raw request target, origin-form?)
+TARGETS: list[tuple[str, str, bool]] = [
+    ("GET", "/", True),
+    ("GET", "/idx/_doc/1?x=1", True),
+    ("GET", "//x/path", True),  # origin-form with an empty first segment: still a path
+    ("OPTIONS", "/", True),
+    ("GET", "http://x/path", False),
+    ("GET", "HTTP://X/_rerank_proxy/health", False),
+    ("GET", "host://x/path", False),
+    ("POST", "https://elsewhere:9200/_bulk", False),
+    ("GET", "x/path", False),
+    ("GET", "", False),
+    ("OPTIONS", "*", False),
+    ("CONNECT", "example.com:443", False),
+    ("CONNECT", "/", False),  # CONNECT is never a request for a path
+]
+
+
+@pytest.mark.parametrize(
+    ("method", "target", "expected"), TARGETS, ids=[t[1] or "empty" for t in TARGETS]
+)
+def test_origin_form(method: str, target: str, expected: bool) -> None:
+    assert origin_form(method, target) is expected
+
+
+# (Accept-Encoding, gzip acceptable?) per RFC 9110 12.5.3
+ACCEPT_ENCODINGS: list[tuple[str | None, bool]] = [
+    (None, False),
+    ("", False),
+    (" , ", False),
+    ("gzip", True),
+    ("GZip", True),
+    ("x-gzip", True),
+    ("gzip;q=1", True),
+    ("gzip;q=1.000", True),
+    ("gzip;q=0.001", True),
+    ("gzip ; q = 0.5", True),
+    ("deflate, gzip;q=0.5, br", True),
+    ("*", True),
+    ("*;q=0.5", True),
+    ("identity;q=0, *", True),
+    ("gzip;q=0", False),
+    ("gzip;q=0.", False),
+    ("gzip;q=0.000", False),
+    ("gzip;Q=0", False),
+    ("x-gzip;q=0", False),
+    ("gzip;q=0, *", False),  # named beats the wildcard
+    ("*, gzip;q=0", False),
+    ("gzip, gzip;q=0", False),  # said both ways: not acceptable
+    ("*;q=0", False),
+    ("deflate, *;q=0", False),
+    ("identity", False),
+    ("deflate, br", False),
+    ("gzip;q=1.5", False),  # malformed q-values: not acceptable
+    ("gzip;q=-1", False),
+    ("gzip;q=0.0001", False),
+    ("gzip;q=", False),
+    ("gzip;q=high", False),
+    ("gzipped", False),
+    ("not-gzip", False),
+]
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"), ACCEPT_ENCODINGS, ids=[repr(h) for h, _ in ACCEPT_ENCODINGS]
+)
+def test_accepts_gzip(header: str | None, expected: bool) -> None:
+    assert accepts_gzip(header) is expected

@@ -103,6 +103,26 @@ SKIPS: list[tuple[str, Any, list[tuple[str, str]], RuleConfig, str]] = [
     ("from-non-ascii-digit", _q(), [("from", "٣")], RULE, "bad_from_size"),
     ("size-float", _q(size=2.5), [], RULE, "bad_from_size"),
     ("from-bool", _q(**{"from": True}), [], RULE, "bad_from_size"),
+    # URL parameters are read as Java's Integer.parseInt reads them: no spaces, an int.
+    ("param-with-spaces", _q(), [("size", " 7 ")], RULE, "bad_from_size"),
+    ("from-param-leading-space", _q(), [("from", " 10")], RULE, "bad_from_size"),
+    ("size-param-trailing-newline", _q(), [("size", "3\n")], RULE, "bad_from_size"),
+    ("size-param-past-int", _q(), [("size", "2147483648")], RULE, "bad_from_size"),
+    ("from-param-past-int", _q(), [("from", "99999999999")], RULE, "bad_from_size"),
+    ("size-param-exponent", _q(), [("size", "1e1")], RULE, "bad_from_size"),
+    ("size-body-past-int", _q(size=2**31), [], RULE, "bad_from_size"),
+    ("size-body-string-nbsp", _q(size="\u00a03"), [], RULE, "bad_from_size"),
+    # `filter_path` the engines reject: a bare `-` is "filters cannot be null or empty".
+    ("filter-path-bare-dash", _q(), [("filter_path", "-")], RULE, "bad_filter_path"),
+    ("filter-path-spaced-dash", _q(), [("filter_path", " - ")], RULE, "bad_filter_path"),
+    ("filter-path-dash-item", _q(), [("filter_path", "took, - ")], RULE, "bad_filter_path"),
+    (
+        "filter-path-repeated-one-bad",
+        _q(),
+        [("filter_path", "-"), ("filter_path", "took")],
+        RULE,
+        "bad_filter_path",
+    ),
     ("body-list", [MATCH], [], RULE, "unparsable_body"),
     ("bad-source-key", _q(_source={"fields": ["a"]}), [], RULE, "bad_source"),
     ("bad-source-type", _q(_source=5), [], RULE, "bad_source"),
@@ -157,8 +177,11 @@ WINDOWS: list[tuple[str, dict[str, Any], list[tuple[str, str]], int, tuple[int, 
     ("window-1-size-3", {"size": 3}, [], 1, (0, 3, 3)),
     ("params", {}, [("from", "20"), ("size", "5")], 50, (20, 5, 50)),
     ("params-beat-body", {"from": 5, "size": 50}, [("from", "10"), ("size", "3")], 50, (10, 3, 50)),
-    ("param-with-spaces", {}, [("size", " 7 ")], 50, (0, 7, 50)),
+    ("param-plus-sign", {}, [("size", "+7")], 50, (0, 7, 50)),
+    ("param-leading-zeros", {}, [("from", "010")], 50, (10, 10, 50)),
+    ("param-int-max-size", {}, [("size", str(2**31 - 1))], 50, (0, 2**31 - 1, 2**31 - 1)),
     ("string-in-body", {"from": "2", "size": "4"}, [], 50, (2, 4, 50)),
+    ("string-in-body-trimmed", {"size": " 4\n"}, [], 50, (0, 4, 50)),
     ("big-window", {}, [], 10000, (0, 10, 10000)),
 ]
 
@@ -479,6 +502,17 @@ def test_client_view_applies_filter_path_and_keeps_the_rest() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    "filter_path", ["-took", "- took", " -  took ", "-_shards, - took"], ids=repr
+)
+def test_filter_path_exclusions_are_trimmed_after_the_dash(filter_path: str) -> None:
+    """The engines trim each filter, then its path after the `-`: `- took` drops `took`."""
+    doc = response([hit(0, 1.0)])
+    view = client_view(doc, plan_of({"query": MATCH, "size": 1}, [("filter_path", filter_path)]))
+    assert "took" not in view
+    assert view["hits"] == doc["hits"]
+
+
 # -- _source ----------------------------------------------------------------------------
 
 FULL = {
@@ -790,6 +824,35 @@ RESPONSES: list[tuple[str, Any, str | None]] = [
     ("hits-filtered-away", {"took": 1}, "no_hits"),
     ("hits-not-a-list", {"hits": {"hits": {}}}, "no_hits"),
     ("not-an-object", [1], "unexpected_response"),
+    ("score-null", response([hit(0, None)]), None),
+    ("score-int", response([hit(0, 3)]), None),
+    ("no-source", response([{"_id": "0", "_score": 1.0}]), None),
+    ("highlight-lists", response([hit(0, 1.0, highlight={"title": ["<em>t</em>"]})]), None),
+    # Shapes no engine writes: nothing in them can be served.
+    ("hits-not-an-object", {"hits": [hit(0, 1.0)]}, "unexpected_response"),
+    ("hits-null", {"hits": None}, "unexpected_response"),
+    ("hits-of-scalars", {"hits": {"hits": [1, "x", None]}}, "unexpected_response"),
+    ("one-scalar-hit", {"hits": {"hits": [hit(0, 1.0), 7]}}, "unexpected_response"),
+    ("source-string", response([hit(0, 1.0, _source="t")]), "unexpected_response"),
+    ("source-null", response([hit(0, 1.0, _source=None)]), "unexpected_response"),
+    (
+        "score-string",
+        {"hits": {"hits": [{**hit(0, 1.0), "_score": "high"}]}},
+        "unexpected_response",
+    ),
+    ("score-bool", response([hit(0, True)]), "unexpected_response"),
+    ("fields-list", response([hit(0, 1.0, fields=[1])]), "unexpected_response"),
+    ("highlight-string", response([hit(0, 1.0, highlight="t")]), "unexpected_response"),
+    (
+        "highlight-fragment-not-list",
+        response([hit(0, 1.0, highlight={"title": 5})]),
+        "unexpected_response",
+    ),
+    (
+        "timed-out-and-broken",
+        {**response([hit(0, 1.0, _source=1)]), "timed_out": True},
+        "unexpected_response",
+    ),
 ]
 
 
