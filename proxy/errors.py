@@ -8,7 +8,10 @@
     │   ├── RerankTimeout        the rule's time budget ran out
     │   ├── RerankOverloaded     the inference queue is full
     │   ├── InvalidScores        NaN/inf scores or the wrong number of them
-    │   └── NoReranker           no model is loaded
+    │   ├── NoReranker           no model is loaded
+    │   ├── RemoteUnavailable    every rerank server's circuit is open (fails at once)
+    │   └── RemoteRefused        a rerank server refused the request (a 4xx but 429)
+    ├── SharedCacheUnavailable   the shared score cache did not answer: local cache only
     └── ModelLoadError           the model could not be loaded at start
 
 Third-party exceptions are translated at the edges (`raise X(...) from exc`).
@@ -64,6 +67,18 @@ class InvalidScores(RerankError):
 
 class NoReranker(RerankError):
     reason = Reason.NO_RERANKER
+
+
+class RemoteUnavailable(RerankError):
+    """Every rerank server's circuit is open: the call fails at once (the search fails open)."""
+
+
+class RemoteRefused(RerankError):
+    """The server refused the request (a 4xx other than 429): its circuit does not count it."""
+
+
+class SharedCacheUnavailable(ProxyError):
+    """The shared cache could not answer (down, slow or erroring); use the local cache."""
 
 
 class ModelLoadError(ProxyError):

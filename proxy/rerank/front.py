@@ -25,9 +25,9 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ..errors import RerankError, RerankOverloaded
+from ..errors import RerankError, RerankOverloaded, SharedCacheUnavailable
 from .base import BatchPolicy, Executor, RerankObserver, check_scores
-from .shared_cache import SharedCache, SharedCacheUnavailable, pair_key, text_digest
+from .shared_cache import SharedCache, pair_key, text_digest
 
 logger = logging.getLogger(__name__)
 

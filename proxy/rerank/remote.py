@@ -51,7 +51,15 @@ import aiohttp
 from yarl import URL
 
 from .. import __version__
-from ..errors import InvalidScores, ModelLoadError, RerankError, RerankOverloaded, RerankTimeout
+from ..errors import (
+    InvalidScores,
+    ModelLoadError,
+    RemoteRefused,
+    RemoteUnavailable,
+    RerankError,
+    RerankOverloaded,
+    RerankTimeout,
+)
 from .base import Executor
 
 if TYPE_CHECKING:
@@ -62,14 +70,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_PATHS = {"cohere": "/v1/rerank", "tei": "/rerank"}
 #: bytes of a response body read at most: the fixed part plus this much per document
 BODY_BASE, BODY_PER_DOC = 1 << 20, 4096
-
-
-class RemoteUnavailable(RerankError):
-    """Every rerank server's circuit is open: the call fails at once (the search fails open)."""
-
-
-class RemoteRefused(RerankError):
-    """The server refused the request (a 4xx other than 429): its circuit does not count it."""
 
 
 @dataclass(slots=True, eq=False)

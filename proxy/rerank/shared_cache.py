@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
-from ..errors import ModelLoadError, ProxyError
+from ..errors import ModelLoadError, SharedCacheUnavailable
 
 if TYPE_CHECKING:
     from ..config import CacheConfig
@@ -45,10 +45,6 @@ T = TypeVar("T")
 #: the key digest's personalisation: bumped when the key's encoding changes, so entries in
 #: the old encoding are simply never read again
 KEY_VERSION = b"rrproxy-score-v1"
-
-
-class SharedCacheUnavailable(ProxyError):
-    """The shared cache could not answer (down, slow or erroring); use the local cache."""
 
 
 def text_digest(text: str) -> bytes:

@@ -138,7 +138,7 @@ async def test_scores_match_the_torch_backend(
 
 
 async def test_a_bad_key_is_refused(infinity: Infinity, monkeypatch: pytest.MonkeyPatch) -> None:
-    from proxy.rerank.remote import RemoteRefused
+    from proxy.errors import RemoteRefused
 
     monkeypatch.setenv("INFINITY_KEY", "not-the-key")
     executor = load_remote(remote_config(infinity.url))

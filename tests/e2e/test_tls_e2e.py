@@ -80,7 +80,10 @@ def test_official_clients_verify_the_proxy_and_get_the_reranked_answer(
     )
     try:
         got = secure.search(index=SCIFACT_INDEX, body=body)
-        assert _hits(got) == _hits(plain.search(index=SCIFACT_INDEX, body=body))
+        expected = _hits(plain.search(index=SCIFACT_INDEX, body=body))
+        # Two processes: the same model, different batch neighbours (float rounding only).
+        assert [d for d, _ in _hits(got)] == [d for d, _ in expected]
+        assert [s for _, s in _hits(got)] == pytest.approx([s for _, s in expected], abs=1e-5)
         assert all("_engine_score" in h["fields"] for h in got["hits"]["hits"])
     finally:
         plain.close()

@@ -31,6 +31,8 @@ from proxy.config import ModelConfig, parse_config
 from proxy.errors import (
     InvalidScores,
     ModelLoadError,
+    RemoteRefused,
+    RemoteUnavailable,
     RerankError,
     RerankOverloaded,
     RerankTimeout,
@@ -40,7 +42,7 @@ from proxy.rerank.base import BatchPolicy
 from proxy.rerank.fake import FakeBackend
 from proxy.rerank.front import RerankFront
 from proxy.rerank.loader import load_executor
-from proxy.rerank.remote import RemoteExecutor, RemoteRefused, RemoteUnavailable, load_remote
+from proxy.rerank.remote import RemoteExecutor, load_remote
 
 from .fakes import FakeUpstream, RunningProxy, proxy_config
 from .rerank_support import (
