@@ -300,8 +300,9 @@ class ShadowConfig:
     )
     log: str | None = opt(
         None,
-        "JSON Lines file to append sampled shadow comparisons to (engine order, reranked"
-        " order, scores); `rerank-proxy eval` can read it.",
+        "JSON Lines file to append sampled shadow comparisons to: one object per search with"
+        " the query, the engine's and the reranked window ids, the scores, page overlap,"
+        " displacement and promoted ids.",
     )
     log_sample: float = opt(1.0, "Share of shadow comparisons written to `shadow.log`.", ge=0, le=1)
 

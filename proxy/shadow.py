@@ -7,8 +7,8 @@ security applies) goes into a bounded queue; when the queue is full the job is d
 counted, never waited for. A background worker fetches the window, scores it with the same
 reranker, and compares the two orders with `compare`: top-k overlap of the client's page,
 the mean rank displacement over the window, and the hits the reranker would have promoted
-into the page. These go to metrics and, sampled, to a JSON Lines log (`shadow.log`) that
-`rerank-proxy eval` can read to compare the orders on real traffic.
+into the page. These go to metrics and, sampled, to a JSON Lines log (`shadow.log`), one
+object per search, for comparing the orders on real traffic offline.
 """
 
 from __future__ import annotations
