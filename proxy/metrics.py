@@ -60,6 +60,7 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        self._children: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
         ProcessCollector(registry=r)
         self.requests = Counter(
             f"{PREFIX}_requests",
@@ -242,10 +243,20 @@ class Metrics:
                 self.shared_cache_lookups.labels(result=result).inc(n)
 
     def record(self, outcome: Outcome, route: str, status: int | None, seconds: float) -> None:
-        """Count one finished (non-admin) request."""
-        self.requests.labels(route=route, status_class=status_class(status)).inc()
-        self.request_duration.labels(route=route).observe(seconds)
-        self.upstream_duration.labels(route=route).observe(outcome.upstream_ms / 1000)
+        """Count one finished (non-admin) request (on every request: label children are
+        looked up once per label set and kept)."""
+        key = (route, status_class(status))
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (
+                self.requests.labels(route=route, status_class=key[1]),
+                self.request_duration.labels(route=route),
+                self.upstream_duration.labels(route=route),
+            )
+        count, duration, upstream = children
+        count.inc()
+        duration.observe(seconds)
+        upstream.observe(outcome.upstream_ms / 1000)
         if outcome.state is State.NONE:
             return
         for item in outcome.searches:
