@@ -19,10 +19,10 @@ import json
 import os
 import re
 import zlib
-from collections.abc import Container, Iterator, Mapping
+from collections.abc import Container, Generator, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 QRELS_HEADER: Final = ("query-id", "corpus-id", "score")
 _HEADER_TEXT: Final = "\t".join(QRELS_HEADER)
@@ -146,7 +146,7 @@ def read_qrels(
     qrels: dict[str, dict[str, int]] = {}
     first_seen: dict[tuple[str, str], int] = {}
     header = False
-    for number, line in _lines(path):
+    for number, line in read_lines(path):
         if not line.strip():
             continue
         columns = line.split("\t")
@@ -197,7 +197,7 @@ def _objects(path: str | os.PathLike[str]) -> Iterator[tuple[int, str, dict[str,
     """(line number, `_id`, object) for each non-blank line of a JSON-lines file; an `_id`
     seen on an earlier line is an error."""
     first_line: dict[str, int] = {}
-    for number, line in _lines(path):
+    for number, line in read_lines(path):
         if not line.strip():
             continue
         try:
@@ -212,9 +212,18 @@ def _objects(path: str | os.PathLike[str]) -> Iterator[tuple[int, str, dict[str,
         yield number, row_id, obj
 
 
-def _lines(path: str | os.PathLike[str]) -> Iterator[tuple[int, str]]:
+class _LineError(Protocol):
+    def __call__(
+        self, path: str | os.PathLike[str], reason: str, line: int | None = None
+    ) -> Exception: ...
+
+
+def read_lines(
+    path: str | os.PathLike[str], error: _LineError = BeirError
+) -> Generator[tuple[int, str], None, None]:
     """(line number, text without its line break) for each line of a UTF-8 file, gzipped
-    when its name ends in `.gz`."""
+    when its name ends in `.gz`; a problem raises `error(path, reason, line)` (the BEIR,
+    TREC and judgment readers share this reader, each with its own error type)."""
     number = 0
     try:
         with _open(Path(path)) as fh:
@@ -222,13 +231,13 @@ def _lines(path: str | os.PathLike[str]) -> Iterator[tuple[int, str]]:
                 try:
                     text = raw.decode("utf-8")
                 except UnicodeDecodeError as exc:
-                    raise BeirError(
+                    raise error(
                         path, f"not UTF-8 text (byte {exc.start + 1} of the line)", number
                     ) from exc
                 yield number, text.rstrip("\r\n")
     except (OSError, EOFError, zlib.error) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise BeirError(path, f"cannot read: {reason}", number + 1 if number else None) from exc
+        raise error(path, f"cannot read: {reason}", number + 1 if number else None) from exc
 
 
 def _open(path: Path) -> gzip.GzipFile | io.BufferedReader:

@@ -19,12 +19,9 @@ and the line. Standard library only, like the other pure modules.
 from __future__ import annotations
 
 import contextlib
-import gzip
-import io
 import math
 import os
 import re
-import zlib
 from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -158,24 +155,5 @@ def _first_line(path: Path) -> str | None:
     return None
 
 
-def _open(path: Path) -> gzip.GzipFile | io.BufferedReader:
-    if path.name.endswith(".gz"):
-        return gzip.open(path, "rb")
-    return open(path, "rb")
-
-
 def _lines(path: Path) -> Generator[tuple[int, str], None, None]:
-    number = 0
-    try:
-        with _open(path) as fh:
-            for number, raw in enumerate(fh, 1):
-                try:
-                    text = raw.decode("utf-8")
-                except UnicodeDecodeError:
-                    raise beir.BeirError(path, "not UTF-8 text", number) from None
-                yield number, text.rstrip("\r\n")
-    except (OSError, EOFError, zlib.error) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise beir.BeirError(
-            path, f"cannot read: {reason}", number + 1 if number else None
-        ) from exc
+    return beir.read_lines(path)

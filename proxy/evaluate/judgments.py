@@ -14,11 +14,8 @@ with the same text). TREC topics come as the classic SGML (`<top> <num> Number: 
 
 from __future__ import annotations
 
-import gzip
-import io
 import os
 import re
-import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -301,29 +298,10 @@ def _no_duplicate(
 
 
 def _lines(path: str | os.PathLike[str]) -> Iterator[tuple[int, str]]:
-    """(line number, text without its line break) of a UTF-8 file, gunzipped if `.gz`."""
-    number = 0
-    try:
-        with _open(Path(path)) as fh:
-            for number, raw in enumerate(fh, 1):
-                try:
-                    text = raw.decode("utf-8")
-                except UnicodeDecodeError as exc:
-                    raise InputError(
-                        path, f"not UTF-8 text (byte {exc.start + 1} of the line)", number
-                    ) from exc
-                yield number, text.rstrip("\r\n")
-    except (OSError, EOFError, zlib.error) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise InputError(path, f"cannot read: {reason}", number + 1 if number else None) from exc
+    """(line number, text) of a UTF-8 file, gunzipped if `.gz` (`proxy.beir`'s reader)."""
+    return beir.read_lines(path, InputError)
 
 
 def read_text(path: str | os.PathLike[str]) -> str:
     """A whole UTF-8 file (gunzipped if `.gz`), with the same errors as the line reader."""
     return "".join(line + "\n" for _, line in _lines(path))
-
-
-def _open(path: Path) -> gzip.GzipFile | io.BufferedReader:
-    if path.name.endswith(".gz"):
-        return gzip.open(path, "rb")
-    return open(path, "rb")
