@@ -21,6 +21,7 @@ from . import __version__
 from .keys import METRICS, RERANKER, STATE
 from .passthrough import error_response
 from .routing import ADMIN_PREFIX
+from .worker_metrics import gather, worker_identity
 
 logger = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.Response]]
@@ -56,7 +57,13 @@ async def metrics(request: web.Request) -> web.Response:
     m = request.app[METRICS]
     if "json" in request.query.get("format", ""):
         return web.json_response(m.snapshot())
-    return web.Response(body=m.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+    body = m.exposition()
+    worker = worker_identity()
+    if worker is not None:  # one view over every worker
+        body, missing = await gather(worker[0], (worker[1], body))
+        if missing:
+            m.worker_scrape_errors.inc(missing)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 async def not_found(request: web.Request) -> web.Response:

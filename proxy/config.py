@@ -663,6 +663,8 @@ ENV_NOT_KEYS = frozenset(
         "HELM",
         "BIN",
         "KEEP_ENGINES",
+        "WORKER_DIR",
+        "WORKER_ID",
     }
 )
 

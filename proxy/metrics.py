@@ -179,6 +179,11 @@ class Metrics:
             "Hits the reranker would have brought into the client's page (shadow mode).",
             registry=r,
         )
+        self.worker_scrape_errors = Counter(
+            f"{PREFIX}_worker_scrape_errors",
+            "Sibling workers (serve --workers) that did not answer a merged metrics scrape.",
+            registry=r,
+        )
         self.inflight = Gauge(
             f"{PREFIX}_inflight_requests", "Requests being handled now.", registry=r
         )

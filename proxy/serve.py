@@ -29,6 +29,7 @@ from .keys import METRICS, SETTINGS, STATE
 from .log import adopt_library_loggers
 from .rerank.front import RerankFront
 from .tls import ServerTLS, server_tls
+from .worker_metrics import announce, serve_own_metrics, worker_identity
 
 logger = logging.getLogger("proxy")
 
@@ -59,6 +60,10 @@ def load_reranker(cfg: Config) -> RerankFront:
     return RerankFront(
         executor, policy, cache_size=cfg.model.cache_size, shared=load_shared_cache(cfg.cache)
     )
+
+
+def scheme_of(tls: ServerTLS | None) -> str:
+    return "https" if tls else "http"
 
 
 def reload(app: web.Application, tls: ServerTLS | None, read: Callable[[], Config]) -> bool:
@@ -118,7 +123,12 @@ async def serve(
         ) from exc
     addresses = runner.addresses
     port = addresses[0][1] if addresses else cfg.listen.port
-    scheme = "https" if tls else "http"
+    worker = worker_identity()
+    private: web.AppRunner | None = None
+    if worker is not None:  # a private loopback port, for the merged metrics scrape only
+        private = await serve_own_metrics(app[METRICS])
+        announce(worker[0], worker[1], f"http://127.0.0.1:{private.addresses[0][1]}")
+    scheme = scheme_of(tls)
     upstream = URL(cfg.upstream.url).with_user(None)  # never log credentials
     behind = "the rerank API" if model_server else str(upstream)
     logger.info("listening on %s://%s:%s -> %s", scheme, cfg.listen.host, port, behind)
@@ -149,3 +159,5 @@ async def serve(
         await asyncio.wait_for(second.wait(), app[SETTINGS].static.listen.drain_delay)
     logger.info("closing the listener; finishing in-flight requests")
     await runner.cleanup()
+    if private is not None:
+        await private.cleanup()

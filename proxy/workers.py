@@ -12,9 +12,9 @@ The workers get the supervisor's validated configuration as a file (the environm
 `RERANK_PROXY_*` keys are already folded in, and are not passed on). Signals: SIGTERM or
 SIGINT goes to every worker (each drains as a single proxy does), then the model server
 stops; SIGHUP re-reads the configuration, rewrites the workers' file and reloads each
-worker. A worker that exits unexpectedly is started again. Metrics are per process: each
-worker answers `/_rerank_proxy/metrics` for itself (a scrape reaches one of them), and the
-model server's own `/metrics` counts the inference for all; a merged view is not built yet.
+worker. A worker that exits unexpectedly is started again. Metrics are one view: whichever
+worker a scrape reaches serves every worker's samples with a `worker` label
+(`worker_metrics`); the model server's own `/metrics` counts the inference for all.
 """
 
 from __future__ import annotations
@@ -66,24 +66,26 @@ def reserve_port(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _child_env() -> dict[str, str]:
+def _child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     # The workers' file holds the whole configuration; a RERANK_PROXY_* key left in the
     # environment would override the supervisor's choices (the model server's address).
-    return {k: v for k, v in os.environ.items() if not k.startswith("RERANK_PROXY_")} | {
-        k: v for k, v in os.environ.items() if k in ("RERANK_PROXY_CACHE", "RERANK_PROXY_STATE")
-    }
+    keep = ("RERANK_PROXY_CACHE", "RERANK_PROXY_STATE")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RERANK_PROXY_") or k in keep}
+    return env | (extra or {})
 
 
 class _Child:
     """One `python -m proxy ...` process and where it listens."""
 
-    def __init__(self, command: str, config: Path, name: str) -> None:
+    def __init__(
+        self, command: str, config: Path, name: str, env: dict[str, str] | None = None
+    ) -> None:
         self.name = name
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "proxy", command, "--config", str(config)],
             stdout=subprocess.PIPE,
             text=True,
-            env=_child_env(),
+            env=_child_env(env),
         )
         self.url = self._wait_listening()
 
@@ -148,7 +150,7 @@ class Supervisor:
                 self._start_model_server()
             config = self._worker_config(self.cfg)
             for i in range(self.cfg.listen.workers):
-                self.workers.append(_Child("serve", config, f"worker {i}"))
+                self.workers.append(self._worker(config, i))
             scheme = "https" if self.cfg.listen.tls_cert else "http"
             print(f"{LISTENING}{scheme}://{self.cfg.listen.host}:{self.port}", flush=True)
             logger.info("%d workers on port %d", len(self.workers), self.port)
@@ -167,7 +169,11 @@ class Supervisor:
                 if worker.proc.poll() is not None and not self.stopping.is_set():
                     code = worker.proc.returncode
                     logger.warning("%s exited (%s); starting it again", worker.name, code)
-                    self.workers[i] = _Child("serve", self.dir / "worker.yaml", worker.name)
+                    self.workers[i] = self._worker(self.dir / "worker.yaml", i)
+
+    def _worker(self, config: Path, i: int) -> _Child:
+        env = {"RERANK_PROXY_WORKER_DIR": str(self.dir), "RERANK_PROXY_WORKER_ID": str(i)}
+        return _Child("serve", config, f"worker {i}", env)
 
     def _reload(self) -> None:
         try:

@@ -23,6 +23,7 @@ import aiohttp
 import pytest
 import trustme
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import REPO_ROOT
 
@@ -427,6 +428,16 @@ async def test_workers_share_one_port_and_one_model_server(
             break
     assert len(pids) == 2, "every search went to one worker"
     assert proc.proc.pid not in pids  # the supervisor itself serves nothing
+    # One metrics view: whichever worker answers the scrape, it holds both, labelled.
+    status, text = await _get(proc.url, False, "/_rerank_proxy/metrics")
+    assert status == 200
+    families = {f.name: f for f in text_string_to_metric_families(text.decode())}
+    per_worker = {
+        s.labels["worker"]: s.value
+        for s in families["rerank_proxy_requests"].samples
+        if s.name.endswith("_total") and s.labels.get("route") == "search"
+    }
+    assert set(per_worker) == {"0", "1"} and all(v >= 1 for v in per_worker.values())
     os.kill(next(iter(pids)), signal.SIGKILL)
     await proc.wait_log("starting it again")
     for _ in range(10):

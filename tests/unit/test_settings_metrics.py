@@ -71,3 +71,23 @@ def test_every_reason_is_a_valid_label_and_header_value() -> None:
     }
     assert reasons == {r.value for r in Reason}
     assert all(r.value.isidentifier() or r.value == "size_0" for r in Reason)
+
+
+def test_worker_expositions_merge_into_one_valid_view() -> None:
+    from proxy.worker_metrics import merge
+
+    a, b = Metrics(), Metrics()
+    for metrics, n in ((a, 2), (b, 3)):
+        for _ in range(n):
+            o = Outcome()
+            o.single(State.APPLIED)
+            metrics.record(o, "search", 200, 0.01)
+    text = merge([("0", a.exposition().decode()), ("1", b.exposition().decode())]).decode()
+    families = {f.name: f for f in text_string_to_metric_families(text)}  # parses: valid
+    counts = {
+        s.labels["worker"]: s.value
+        for s in families["rerank_proxy_requests"].samples
+        if s.name == "rerank_proxy_requests_total"
+    }
+    assert counts == {"0": 2.0, "1": 3.0}
+    assert text.count("# TYPE rerank_proxy_requests counter") == 1  # one family, both workers
