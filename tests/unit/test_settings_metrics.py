@@ -90,4 +90,4 @@ def test_worker_expositions_merge_into_one_valid_view() -> None:
         if s.name == "rerank_proxy_requests_total"
     }
     assert counts == {"0": 2.0, "1": 3.0}
-    assert text.count("# TYPE rerank_proxy_requests counter") == 1  # one family, both workers
+    assert text.count("# TYPE rerank_proxy_requests_total counter") == 1  # one family, both
