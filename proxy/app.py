@@ -20,6 +20,7 @@ from . import admin, compare
 from .config import Config
 from .flows import rerank_request
 from .keys import METRICS, RERANKER, SETTINGS, SHADOW, STATE, UPSTREAM, AppState
+from .log import redact_parser_errors
 from .metrics import Metrics
 from .outcome import Outcome
 from .passthrough import error_response, forward
@@ -183,6 +184,7 @@ async def _require_client_certificate(
 
 def create_app(cfg: Config, *, reranker: Reranker | None = None) -> web.Application:
     """Build the application. Pass `reranker` (already loaded) to enable reranking."""
+    redact_parser_errors()  # aiohttp would log an over-long header's bytes (credentials)
     middlewares = [_origin_form_only]
     if cfg.listen.client_ca:
         middlewares.append(_require_client_certificate)

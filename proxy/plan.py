@@ -48,6 +48,9 @@ PLAN_PARAMS = frozenset(
     {"from", "size", "filter_path", "_source", "_source_includes", "_source_excludes", "rerank"}
 )
 _FALSE = ("false", "0", "no", "off")
+#: query text the reranker is given at most: far past what fits the model's 512-token window
+#: beside a document, and short enough that a huge query costs nothing to hash, cache or send
+MAX_QUERY_CHARS = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,6 +218,7 @@ def plan_search(
     text = _query_text(body, p, rule, query_override)
     if text is None:
         return Skip(Reason.NO_QUERY_TEXT)
+    text = text[:MAX_QUERY_CHARS]  # the model sees a few hundred tokens of it at most
     try:
         client_filter = source_filter_from_params(params) or source_filter_from_body(
             body.get("_source")

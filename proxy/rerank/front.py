@@ -18,7 +18,6 @@ counters only: nothing grows with the number of batches served.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -31,11 +30,20 @@ from .shared_cache import SharedCache, pair_key, text_digest
 
 logger = logging.getLogger(__name__)
 
-CacheKey = tuple[str, int, str, bytes]
+#: (model id, max_length, digest of the query, digest of the document): every entry is the
+#: same few dozen bytes whatever the texts' sizes, so bounding entries bounds bytes (a 1 MiB
+#: query no longer holds 1 MiB per cached pair)
+CacheKey = tuple[str, int, bytes, bytes]
+
+
+def cache_keys(model_id: str, max_length: int, query: str, docs: Sequence[str]) -> list[CacheKey]:
+    """The cache keys of a query's documents (the query hashed once)."""
+    q = text_digest(query)
+    return [(model_id, max_length, q, text_digest(doc)) for doc in docs]
 
 
 def cache_key(model_id: str, max_length: int, query: str, doc: str) -> CacheKey:
-    return (model_id, max_length, query, hashlib.blake2b(doc.encode(), digest_size=16).digest())
+    return cache_keys(model_id, max_length, query, [doc])[0]
 
 
 class ScoreCache:
@@ -134,8 +142,8 @@ class RerankFront:
     def cached(self, query: str, docs: Sequence[str], *, max_length: int) -> list[float] | None:
         # A look, not a lookup: a miss here is followed by `score`, which counts the pairs.
         out = []
-        for doc in docs:
-            score = self.cache.get(cache_key(self.model_id, max_length, query, doc), count=False)
+        for key in cache_keys(self.model_id, max_length, query, docs):
+            score = self.cache.get(key, count=False)
             if score is None:
                 return None
             out.append(score)
@@ -149,7 +157,7 @@ class RerankFront:
             self._worker = asyncio.get_running_loop().create_task(
                 self._run(), name="rerank-batcher"
             )
-        keys = [cache_key(self.model_id, max_length, query, doc) for doc in docs]
+        keys = cache_keys(self.model_id, max_length, query, docs)
         results: list[float | None] = [self.cache.get(key) for key in keys]
         missing = [i for i, r in enumerate(results) if r is None]
         if self._observer is not None:

@@ -120,3 +120,20 @@ async def test_origin_form_with_an_empty_first_segment_is_a_path(
     resp = await proxy.get("//idx/_doc/1")
     assert resp.status == 200
     assert [r.target for r in upstream.requests] == ["//idx/_doc/1"]
+
+
+@pytest.mark.parametrize("header", ["Authorization: Basic ", "X-Api-Key: "])
+async def test_an_over_long_credential_header_never_reaches_the_log(
+    proxy: RunningProxy, upstream: FakeUpstream, caplog: pytest.LogCaptureFixture, header: str
+) -> None:
+    """aiohttp logged the parser error with the line's first 100 bytes: a credential."""
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    secret = "c2VjcmV0LXBhc3N3b3Jk" * 500  # ~10 KB, past aiohttp's 8190-byte line limit
+    raw = f"GET /idx/_doc/1 HTTP/1.1\r\nHost: p\r\n{header}{secret}\r\n\r\n".encode()
+    resp = await proxy.request(raw)
+    assert resp.status == 400
+    assert upstream.requests == []
+    assert "c2VjcmV0" not in caplog.text
+    assert any("LineTooLong" in r.getMessage() for r in caplog.records)

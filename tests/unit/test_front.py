@@ -278,3 +278,22 @@ def test_batch_policy_comes_from_config_and_device() -> None:
     assert BatchPolicy.for_model(auto, device="cuda", batch_size=64).max_group == 256
     fixed = ModelConfig(max_group=7)
     assert BatchPolicy.for_model(fixed, device="cuda", batch_size=64).max_group == 7
+
+
+async def test_a_huge_query_makes_small_cache_keys() -> None:
+    """Keys held the whole query text: 300 searches with a 1 MiB query kept ~300 MiB."""
+    front = make_front(FakeBackend(), wait_ms=0)
+    try:
+        huge = "apple " * (1 << 18)  # 1.5 MiB
+        for i in range(3):
+            await front.score(huge + str(i), [f"doc {i}"], max_length=64)
+        sizes = {
+            sum(len(part) if isinstance(part, bytes) else 0 for part in key)
+            for key in front.cache._data
+        }
+        assert sizes == {32}  # two 16-byte digests, whatever the query
+        assert all(
+            not isinstance(part, str) or len(part) < 100 for k in front.cache._data for part in k
+        )
+    finally:
+        await front.close()

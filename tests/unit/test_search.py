@@ -878,3 +878,10 @@ def test_took_includes_the_proxys_own_time(took: Any, took_ms: float, expected: 
     view = client_view(doc, plan_of(_q()), took_ms=took_ms)
     assert view.get("took") == expected
     assert doc == before
+
+
+def test_query_text_is_capped() -> None:
+    from proxy.plan import MAX_QUERY_CHARS
+
+    plan = plan_search({"query": {"match": {"title": "word " * 10_000}}}, [], RULE)
+    assert isinstance(plan, SearchPlan) and len(plan.query) == MAX_QUERY_CHARS
