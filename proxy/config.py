@@ -560,6 +560,19 @@ def _cross_checks(cfg: Config, errors: list[str]) -> None:
                 template_fields(rule.template)
             except ValueError as exc:
                 add(f"{where}.template", str(exc))
+        if (
+            rule.enabled
+            and rule.window > cfg.model.max_queue
+            and (own("window") or where == "defaults")
+        ):
+            # The queue bound admits a search's pairs all at once or not at all.
+            add(
+                "model.max_queue",
+                f"{cfg.model.max_queue} is below {where}.window ({rule.window}): every search"
+                " there would fail open as overloaded",
+                "model.max_queue",
+                f"{where}.window",
+            )
     for i, rule in enumerate(cfg.indices):
         if not rule.match:
             add(f"indices[{i}].match", "must name at least one index or pattern")

@@ -532,7 +532,12 @@ ACCEPTED: list[tuple[str, str, typing.Callable[[Config], Any], Any]] = [
     ),
     ("null-optional", "defaults: {min_score: null}\n", lambda c: c.defaults.min_score, None),
     ("bound-inclusive-low", "defaults: {window: 1}\n", lambda c: c.defaults.window, 1),
-    ("bound-inclusive-high", "defaults: {window: 10000}\n", lambda c: c.defaults.window, 10000),
+    (
+        "bound-inclusive-high",
+        "defaults: {window: 10000}\nmodel: {max_queue: 10000}\n",
+        lambda c: c.defaults.window,
+        10000,
+    ),
     (
         "https-url",
         "upstream: {url: 'https://h:9200/es'}\n",
@@ -814,3 +819,29 @@ def test_config_table_has_one_row_per_key() -> None:
 )
 def test_config_table_rows(row: str) -> None:
     assert any(line.startswith(row) for line in config_table().splitlines())
+
+
+@pytest.mark.parametrize(
+    ("raw", "problem"),
+    [
+        (
+            {"model": {"max_queue": 10}},
+            "<config>: model.max_queue: 10 is below defaults.window (50): every search there"
+            " would fail open as overloaded",
+        ),
+        (
+            {"model": {"max_queue": 60}, "indices": [{"match": ["a"], "window": 100}]},
+            "<config>: model.max_queue: 60 is below indices[0].window (100): every search there"
+            " would fail open as overloaded",
+        ),
+    ],
+    ids=["defaults", "rule"],
+)
+def test_a_queue_smaller_than_a_window_is_refused(raw: dict[str, Any], problem: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw)
+    assert info.value.problems == [problem]
+
+
+def test_a_disabled_rule_may_have_any_window() -> None:
+    parse_config({"model": {"max_queue": 10}, "defaults": {"enabled": False}})
