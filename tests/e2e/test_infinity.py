@@ -23,9 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
 
-from proxy.app import create_app, make_runner
+from proxy.app import create_app
 from proxy.config import ModelConfig, parse_config
 from proxy.rerank.base import BatchPolicy, Executor
 from proxy.rerank.front import RerankFront
@@ -33,7 +32,7 @@ from proxy.rerank.loader import load_backend
 from proxy.rerank.local import LocalExecutor
 from proxy.rerank.remote import load_remote
 from tests.conftest import REPO_ROOT, SciFact
-from tests.integration.fakes import FakeUpstream, RunningProxy, proxy_config
+from tests.integration.fakes import FakeUpstream, RunningProxy, proxy_config, start_app
 from tests.integration.rerank_support import (
     ENGINE_ORDER,
     QUERY,
@@ -161,10 +160,7 @@ async def proxy_with() -> AsyncIterator[Callable[[Executor], Awaitable[RunningPr
         raw: dict[str, Any] = {**proxy_config(upstream.url), "indices": rules()}
         front = RerankFront(executor, BatchPolicy(), cache_size=0)
         app = create_app(parse_config(raw), reranker=front)
-        runner = make_runner(app, shutdown_timeout=5.0)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        proxy = RunningProxy(app, runner, int(runner.addresses[0][1]))
+        proxy = await start_app(app)
         running.append(proxy)
         return proxy
 

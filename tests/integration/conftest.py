@@ -10,12 +10,11 @@ import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
-from aiohttp import web
 
-from proxy.app import create_app, make_runner
+from proxy.app import create_app
 from proxy.config import parse_config
 
-from .fakes import FakeUpstream, RunningProxy, proxy_config
+from .fakes import FakeUpstream, RunningProxy, proxy_config, start_app
 from .rerank_support import Engine, Proxies
 
 StartProxy = Callable[..., Awaitable[RunningProxy]]
@@ -38,11 +37,7 @@ async def start_proxy(upstream: FakeUpstream) -> AsyncIterator[StartProxy]:
         url = str(upstream_cfg.pop("url", upstream.url))
         cfg = parse_config(proxy_config(url, **upstream_cfg))
         app = create_app(cfg)
-        runner = make_runner(app, shutdown_timeout=shutdown_timeout)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        proxy = RunningProxy(app, runner, int(runner.addresses[0][1]))
+        proxy = await start_app(app, shutdown_timeout=shutdown_timeout)
         running.append(proxy)
         return proxy
 

@@ -419,6 +419,16 @@ class RunningProxy:
             await client.close()
 
 
+async def start_app(app: web.Application, *, shutdown_timeout: float = 5.0) -> RunningProxy:
+    """Serve a built app the way `serve` does (`make_runner`) on a loopback port."""
+    from proxy.app import make_runner
+
+    runner = make_runner(app, shutdown_timeout=shutdown_timeout)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    return RunningProxy(app, runner, int(runner.addresses[0][1]))
+
+
 def proxy_config(upstream_url: str, **upstream: object) -> dict[str, object]:
     """The raw config the tests use: fake backend, short timeouts, no readiness probe (its
     requests would add to what the fake upstream counts; tests of the probe turn it on)."""

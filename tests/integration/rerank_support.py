@@ -20,9 +20,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from aiohttp import web
-
-from proxy.app import create_app, make_runner
+from proxy.app import create_app
 from proxy.config import parse_config
 from proxy.keys import METRICS
 from proxy.rerank.base import Backend, BatchPolicy
@@ -30,7 +28,15 @@ from proxy.rerank.fake import FakeBackend
 from proxy.rerank.front import RerankFront
 from proxy.rerank.local import LocalExecutor
 
-from .fakes import FakeUpstream, RawResponse, Received, RunningProxy, http_response, proxy_config
+from .fakes import (
+    FakeUpstream,
+    RawResponse,
+    Received,
+    RunningProxy,
+    http_response,
+    proxy_config,
+    start_app,
+)
 
 WINDOW = 10
 QUERY = "red apple"
@@ -250,10 +256,7 @@ class Proxies:
         raw = {**proxy_config(self.url, **upstream_cfg), "indices": rules(books), **(config or {})}
         reranker = front(LocalExecutor(backend), BatchPolicy(max_queue=max_queue), cache_size=0)
         app = create_app(parse_config(raw), reranker=reranker)
-        runner = make_runner(app, shutdown_timeout=5.0)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        proxy = RunningProxy(app, runner, int(runner.addresses[0][1]))
+        proxy = await start_app(app)
         self.running.append(proxy)
         return proxy
 

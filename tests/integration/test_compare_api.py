@@ -19,16 +19,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
 
-from proxy.app import create_app, make_runner
+from proxy.app import create_app
 from proxy.compare import API_PATH, PREFIX
 from proxy.config import ConfigError, parse_config
 from proxy.rerank.base import Backend
 from proxy.rerank.front import RerankFront
 from proxy.rerank.local import LocalExecutor
 
-from .fakes import FakeUpstream, RawResponse, RunningProxy, http_response, proxy_config
+from .fakes import FakeUpstream, RawResponse, RunningProxy, http_response, proxy_config, start_app
 from .rerank_support import (
     ENGINE_ORDER,
     ES_HEADERS,
@@ -70,10 +69,7 @@ async def start(upstream: FakeUpstream) -> AsyncIterator[Start]:
         }
         reranker = RerankFront(LocalExecutor(backend or Recording()), cache_size=0)
         app = create_app(parse_config(raw), reranker=reranker)  # compare's routes included
-        runner = make_runner(app, shutdown_timeout=5.0)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        proxy = RunningProxy(app, runner, int(runner.addresses[0][1]))
+        proxy = await start_app(app)
         running.append(proxy)
         return proxy
 

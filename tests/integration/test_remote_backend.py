@@ -26,7 +26,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from proxy.app import create_app, make_runner
+from proxy.app import create_app
 from proxy.config import ModelConfig, parse_config
 from proxy.errors import (
     InvalidScores,
@@ -44,7 +44,7 @@ from proxy.rerank.front import RerankFront
 from proxy.rerank.loader import load_executor
 from proxy.rerank.remote import RemoteExecutor, load_remote
 
-from .fakes import FakeUpstream, RunningProxy, proxy_config
+from .fakes import FakeUpstream, RunningProxy, proxy_config, start_app
 from .rerank_support import (
     ENGINE_ORDER,
     QUERY,
@@ -763,10 +763,7 @@ async def proxy_over(
         cfg = parse_config(raw)
         front = RerankFront(load_remote(cfg.model), BatchPolicy(), cache_size=0)
         app = create_app(cfg, reranker=front)
-        runner = make_runner(app, shutdown_timeout=5.0)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        proxy = RunningProxy(app, runner, int(runner.addresses[0][1]))
+        proxy = await start_app(app)
         running.append(proxy)
         return proxy
 
