@@ -72,6 +72,12 @@ class ListenConfig:
     client_ca: str | None = opt(
         None, "CA bundle (PEM): require client certificates signed by it (mutual TLS)."
     )
+    send_timeout: float = opt(
+        60.0,
+        "Seconds a client may go without reading a streamed response before it is cut, so a"
+        " client that stops reading does not hold an upstream connection for ever.",
+        gt=0,
+    )
     workers: int = opt(
         1,
         "HTTP worker processes on one port (SO_REUSEPORT), each a pure proxy; a local model"

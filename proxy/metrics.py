@@ -131,6 +131,11 @@ class Metrics:
             "Upstream responses that broke off after their headers were sent on.",
             registry=r,
         )
+        self.client_send_timeouts = Counter(
+            f"{PREFIX}_client_send_timeouts",
+            "Streamed responses cut because the client stopped reading (listen.send_timeout).",
+            registry=r,
+        )
         self.hits_without_text = Counter(
             f"{PREFIX}_hits_without_text",
             "Hits in a reranked window that had none of the rule's text fields.",

@@ -11,6 +11,7 @@ errors Elasticsearch's shape.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterable
@@ -18,7 +19,7 @@ from collections.abc import AsyncIterable
 from aiohttp import web
 
 from .errors import UpstreamError, UpstreamUnavailable, es_error_body
-from .keys import METRICS, UPSTREAM
+from .keys import METRICS, SETTINGS, UPSTREAM
 from .outcome import Outcome
 from .routing import split_path_query
 from .upstream import iter_stream, request_headers, response_headers
@@ -91,6 +92,7 @@ async def forward(
     except UpstreamError:
         pass  # handled below, after the headers, exactly like a stream that broke off
     resp = web.StreamResponse(status=up.status, reason=up.reason, headers=headers)
+    send_timeout = request.app[SETTINGS].static.listen.send_timeout
     try:
         await resp.prepare(request)
         for chunk in chunks:
@@ -98,8 +100,18 @@ async def forward(
         if small:
             raise UpstreamUnavailable("upstream body broke off")
         async for chunk in upstream.iter_body(up):
-            await resp.write(chunk)
+            # A client that stops reading must not hold the upstream connection for ever.
+            async with asyncio.timeout(send_timeout):
+                await resp.write(chunk)
         await resp.write_eof()
+    except TimeoutError:
+        logger.warning(
+            "client %s stopped reading for %.1f s: response cut", request.remote, send_timeout
+        )
+        request.app[METRICS].client_send_timeouts.inc()
+        resp.force_close()
+        if request.transport is not None:
+            request.transport.abort()
     except UpstreamError as exc:
         # Headers are gone: all that is left is to cut the connection so the client
         # sees a truncated body rather than a complete wrong one.

@@ -26,7 +26,9 @@ KNOWN_TOP = (
     "access_log, cache, compare, defaults, indices, listen, log_format, log_level, model,"
     " model_server, shadow, upstream"
 )
-KNOWN_LISTEN = "client_ca, drain_delay, host, port, reuse_port, tls_cert, tls_key, workers"
+KNOWN_LISTEN = (
+    "client_ca, drain_delay, host, port, reuse_port, send_timeout, tls_cert, tls_key, workers"
+)
 KNOWN_UPSTREAM = (
     "ca_file, client_cert, client_key, connect_timeout, max_buffer_bytes, max_connections,"
     " probe_interval, read_timeout, url, verify_tls"
