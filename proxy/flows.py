@@ -51,6 +51,9 @@ from .shadow import ShadowJob
 logger = logging.getLogger(__name__)
 _SOURCE_PARAMS = frozenset({"source", "source_content_type"})
 _OFF = ("off", "false", "0")
+#: `_msearch/template` items rendered (and reranked) per request at most; past it the request
+#: goes to the engine as it came
+MAX_RENDERED_ITEMS = 32
 
 
 async def rerank_request(
@@ -253,6 +256,9 @@ async def _multi(sr: SearchRequest, route: Route) -> web.StreamResponse:
         return await _skip(sr, Reason.UNPARSABLE_BODY)
     override = sr.request.headers.get("X-Rerank-Query")
     templated = route.kind == "msearch_template"
+    if templated and len(lines) // 2 > MAX_RENDERED_ITEMS:
+        # Each item is one `_render` call: a small request must not fan out into hundreds.
+        return await _skip(sr, Reason.TOO_MANY_ITEMS)
     out_lines: list[bytes] = []
     plans: list[SearchPlan | Skip] = []
     for (head_raw, head), (body_raw, body) in zip(lines[::2], lines[1::2], strict=True):

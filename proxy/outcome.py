@@ -38,6 +38,7 @@ class Reason(StrEnum):
     UNPARSABLE_BODY = "unparsable_body"
     TEMPLATE_OPTIONS = "template_options"
     TEMPLATE_NOT_RENDERED = "template_not_rendered"
+    TOO_MANY_ITEMS = "too_many_items"  # an `_msearch/template` past MAX_RENDERED_ITEMS
     BAD_FROM_SIZE = "bad_from_size"
     BAD_SOURCE = "bad_source"
     BAD_FILTER_PATH = "bad_filter_path"

@@ -297,3 +297,27 @@ async def test_template_not_rendered_sends_the_clients_own_request(
     assert (own.target, bytes(own.body)) == ("/books/_search/template?typed_keys", raw)
     assert json.loads(resp.body) == search_answer("books", {"query": MATCH})
     assert counted(proxy) == {("skipped", "template_not_rendered"): 1}
+
+
+@pytest.mark.parametrize("extra", [0, 1])
+async def test_msearch_template_fan_out_is_bounded(
+    proxies: Proxies, engine: Engine, extra: int
+) -> None:
+    """300 items once made 300 sequential `_render` calls from one small request."""
+    from proxy.flows import MAX_RENDERED_ITEMS
+
+    proxy = await proxies.start()
+    item = {"source": {"query": {"match": {"title": "{{q}}"}}}, "params": {"q": QUERY}}
+    lines: list[Any] = []
+    for _ in range(MAX_RENDERED_ITEMS + extra):
+        lines += [{"index": "books"}, item]
+    body = "".join(json.dumps(x) + "\n" for x in lines).encode()
+    resp = await send(proxy, "/_msearch/template", body, content_type="application/x-ndjson")
+    renders = [r for r in engine.requests if r.target.startswith("/_render/template")]
+    if extra:
+        assert rerank_headers(resp) == ("skipped", "too_many_items")
+        assert renders == []
+        [own] = engine.requests
+        assert (own.target, bytes(own.body)) == ("/_msearch/template", body)
+    else:
+        assert len(renders) == MAX_RENDERED_ITEMS
