@@ -14,12 +14,14 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-from aiohttp import web
+from aiohttp import HttpVersion10, web
 
 from . import admin, compare
 from .config import Config
+from .errors import es_error_body
 from .flows import rerank_request
 from .keys import METRICS, RERANKER, SETTINGS, SHADOW, STATE, UPSTREAM, AppState
+from .listener import LISTENER, Listener, ProxyRunner
 from .log import redact_parser_errors
 from .metrics import Metrics
 from .outcome import Outcome
@@ -29,7 +31,7 @@ from .routing import classify, origin_form
 from .settings import Settings
 from .shadow import ShadowRunner
 from .tls import client_certificate_missing
-from .upstream import Upstream
+from .upstream import Upstream, readiness_reason
 
 logger = logging.getLogger(__name__)
 access_logger = logging.getLogger("proxy.access")
@@ -121,7 +123,8 @@ async def _probe_upstream(app: web.Application) -> None:
                 logger.info("upstream %s answers", upstream.display_url)
             else:
                 logger.warning("upstream not ready: %s", error)
-        state.upstream_ok, state.upstream_error = error is None, error or ""
+        state.upstream_ok = error is None
+        state.upstream_error = readiness_reason(error) if error is not None else ""
         await asyncio.sleep(interval)
 
 
@@ -153,21 +156,61 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
 
 
 @web.middleware
+async def _guarded(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Tells the connection's guard (`listener`) when a request is in progress: no header or
+    idle timer runs meanwhile."""
+    guard = request.app[LISTENER].guard(request)
+    if guard is None:
+        return await handler(request)
+    guard.request_started()
+    try:
+        return await handler(request)
+    finally:
+        guard.request_finished()
+
+
+@web.middleware
 async def _origin_form_only(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
     """Only origin-form targets reach a handler: `GET http://elsewhere/path`, `CONNECT` and
     `OPTIONS *` would otherwise be routed by their path alone (or not at all: aiohttp's
     plain-text 404), and the upstream URL built from the raw target."""
+    if request.version < HttpVersion10:
+        # HTTP/0.9 has no headers and no status line to answer with: aiohttp would answer
+        # in kind with an invalid `HTTP/0.9 200` line. Say 400 in HTTP/1.1 and close.
+        logger.debug("rejected an HTTP/0.9 request")
+        if request.transport is not None:
+            request.transport.write(HTTP09_REJECTED)
+            request.transport.close()
+        return _closing(error_response(400, "proxy_bad_request", "HTTP/1.0 or later only"))
     if not origin_form(request.method, request.raw_path):
         logger.debug("rejected a %s request with a non-origin-form target", request.method)
-        return error_response(
-            400,
-            "proxy_bad_request",
-            "the request target must be a path starting with '/' (origin-form); "
-            "this is a gateway to one cluster, not a forward proxy",
+        # Closed after the answer: what follows a CONNECT is tunnel data to anything in
+        # between that saw it, never a next request.
+        return _closing(
+            error_response(
+                400,
+                "proxy_bad_request",
+                "the request target must be a path starting with '/' (origin-form); "
+                "this is a gateway to one cluster, not a forward proxy",
+            )
         )
     return await handler(request)
+
+
+def _closing(resp: web.Response) -> web.Response:
+    resp.force_close()
+    return resp
+
+
+_HTTP09_BODY = es_error_body(400, "proxy_bad_request", "HTTP/1.0 or later only")
+HTTP09_REJECTED = (
+    b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json; charset=UTF-8\r\n"
+    b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(_HTTP09_BODY), _HTTP09_BODY)
+)
 
 
 @web.middleware
@@ -185,13 +228,14 @@ async def _require_client_certificate(
 def create_app(cfg: Config, *, reranker: Reranker | None = None) -> web.Application:
     """Build the application. Pass `reranker` (already loaded) to enable reranking."""
     redact_parser_errors()  # aiohttp would log an over-long header's bytes (credentials)
-    middlewares = [_origin_form_only]
+    middlewares = [_guarded, _origin_form_only]
     if cfg.listen.client_ca:
         middlewares.append(_require_client_certificate)
     app = web.Application(client_max_size=cfg.upstream.max_buffer_bytes, middlewares=middlewares)
     app[SETTINGS] = Settings(cfg)
     app[UPSTREAM] = Upstream(cfg.upstream)
     app[METRICS] = Metrics()
+    app[LISTENER] = Listener(cfg.listen, app[METRICS])
     app[STATE] = state = AppState()
     if reranker is not None:
         app[RERANKER] = reranker
@@ -208,8 +252,9 @@ def create_app(cfg: Config, *, reranker: Reranker | None = None) -> web.Applicat
 
 
 def make_runner(app: web.Application, *, shutdown_timeout: float = 30.0) -> web.AppRunner:
-    """An AppRunner that forwards request bodies byte-exact and cancels abandoned handlers."""
-    return web.AppRunner(
+    """An AppRunner that forwards request bodies byte-exact, cancels abandoned handlers and
+    guards each client connection (`listener`: header, idle and body timeouts, a cap)."""
+    return ProxyRunner(
         app,
         auto_decompress=False,  # pass-through must forward the client's gzip bytes as sent
         handler_cancellation=True,  # a client that goes away aborts its upstream request

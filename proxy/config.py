@@ -78,6 +78,30 @@ class ListenConfig:
         " client that stops reading does not hold an upstream connection for ever.",
         gt=0,
     )
+    header_timeout: float = opt(
+        60.0,
+        "Seconds a client has to send a whole request head, from its first byte (or from"
+        " connecting); then it gets a 408 and is closed (nginx's `client_header_timeout`).",
+        gt=0,
+    )
+    body_timeout: float = opt(
+        60.0,
+        "Longest wait, in seconds, for the next part of a request body the proxy is reading;"
+        " then a 408 and the connection is closed (nginx's `client_body_timeout`).",
+        gt=0,
+    )
+    keepalive_timeout: float = opt(
+        75.0,
+        "Seconds a connection with no request in progress stays open (nginx's"
+        " `keepalive_timeout`).",
+        gt=0,
+    )
+    max_connections: int = opt(
+        1024,
+        "Client connections open at once; one more gets a 503 and is closed at once. Keep it"
+        " under the descriptor limit (`ulimit -n`) less `upstream.max_connections`.",
+        ge=1,
+    )
     workers: int = opt(
         1,
         "HTTP worker processes on one port (SO_REUSEPORT), each a pure proxy; a local model"
@@ -105,6 +129,12 @@ class UpstreamConfig:
         gt=0,
     )
     max_connections: int = opt(100, "Size of the upstream connection pool.", ge=1)
+    pool_timeout: float = opt(
+        10.0,
+        "Seconds a request waits for a free pooled connection when all `max_connections` are"
+        " in use; then it is answered 503 (`proxy_upstream_busy`), which clients retry.",
+        gt=0,
+    )
     verify_tls: bool = opt(True, "Verify the upstream's TLS certificate and host name.")
     ca_file: str | None = opt(None, "CA bundle (PEM) to verify the upstream with.")
     client_cert: str | None = opt(None, "Client certificate (PEM) for mutual TLS.")
@@ -119,6 +149,13 @@ class UpstreamConfig:
     max_buffer_bytes: int = opt(
         32 * 1024 * 1024,
         "Largest search request or response body buffered for reranking; larger ones pass through.",
+        ge=1024,
+    )
+    max_search_body_bytes: int = opt(
+        1024 * 1024,
+        "Largest search request body, after its Content-Encoding is undone, that the proxy"
+        " parses and rewrites; a larger one (search bodies are kilobytes) goes to the engine"
+        " untouched, so no single request's parsing cost can hold up the others.",
         ge=1024,
     )
 

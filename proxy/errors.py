@@ -3,7 +3,8 @@
     ProxyError
     ├── UpstreamError            the cluster could not be used
     │   ├── UpstreamUnavailable  connect/reset/protocol failure -> 502
-    │   └── UpstreamTimeout      connect or read timeout        -> 504
+    │   ├── UpstreamTimeout      connect or read timeout        -> 504
+    │   └── UpstreamBusy         no pooled connection free in time -> 503
     ├── RerankError              reranking failed; the search fails open
     │   ├── RerankTimeout        the rule's time budget ran out
     │   ├── RerankOverloaded     the inference queue is full
@@ -47,6 +48,14 @@ class UpstreamTimeout(UpstreamError):
     status = 504
     error_type = "proxy_upstream_timeout"
     public_reason = "upstream timed out"
+
+
+class UpstreamBusy(UpstreamError):
+    """Every pooled connection stayed in use for `upstream.pool_timeout`."""
+
+    status = 503
+    error_type = "proxy_upstream_busy"
+    public_reason = "all upstream connections are in use; retry later"
 
 
 class RerankError(ProxyError):

@@ -1,7 +1,9 @@
 """Step 2 of a search, fetching: the client's request buffered, the engine asked for the window.
 
-`read_search` buffers a search request (bounded by `upstream.max_buffer_bytes`; a larger one
-is streamed through untouched). `SearchRequest` holds it and makes the proxy's own upstream
+`read_search` buffers a search request (bounded by `upstream.max_search_body_bytes`, before
+and after its Content-Encoding is undone; a larger one goes to the engine untouched). Parsing
+a big window response and writing the client's view of it run off the event loop
+(`offload`). `SearchRequest` holds it and makes the proxy's own upstream
 calls for it — the widened search (`fetch_window`), a template render — always with the
 caller's own headers and credentials, so the cluster's security applies to them as to the
 client. It also sends answers: `respond` for a view the proxy built, `serve_as_is` for an
@@ -22,13 +24,14 @@ from typing import Any
 from aiohttp import web
 from multidict import CIMultiDict
 
-from . import jsoncodec
+from . import jsoncodec, offload
 from .keys import PROXY_PARAMS, SETTINGS, UPSTREAM
+from .listener import ClientBody, ClientBodyTimeout, body_timeout_response
 from .outcome import Outcome, Reason, State
 from .passthrough import forward
 from .routing import accepts_gzip, parse_params, split_path_query, without_params
 from .settings import Snapshot
-from .upstream import UpstreamResponse, iter_stream, request_headers, response_headers
+from .upstream import UpstreamResponse, request_headers, response_headers
 
 logger = logging.getLogger(__name__)
 
@@ -38,11 +41,15 @@ class _TooLarge(Exception):
         self.prefix = prefix
 
 
-async def _read_bounded(request: web.Request, cap: int) -> bytes:
+class BodyTooLarge(ValueError):
+    """A compressed search body that expands past the search body cap."""
+
+
+async def _read_bounded(request: web.Request, body: ClientBody, cap: int) -> bytes:
     if request.content_length is not None and request.content_length > cap:
         raise _TooLarge(b"")
     chunks, size = [], 0
-    async for chunk in iter_stream(request.content):
+    async for chunk in body:
         chunks.append(chunk)
         size += len(chunk)
         if size > cap:
@@ -50,15 +57,16 @@ async def _read_bounded(request: web.Request, cap: int) -> bytes:
     return b"".join(chunks)
 
 
-async def _prefixed(prefix: bytes, request: web.Request) -> AsyncIterator[bytes]:
+async def _prefixed(prefix: bytes, body: ClientBody) -> AsyncIterator[bytes]:
     if prefix:
         yield prefix
-    async for chunk in iter_stream(request.content):
+    async for chunk in body:
         yield chunk
 
 
 def decode_body(raw: bytes, encoding: str, cap: int) -> bytes | None:
-    """The request body without Content-Encoding (bounded), or None if it cannot be read."""
+    """The request body without Content-Encoding, or None if it cannot be read; raises
+    `BodyTooLarge` when it expands past `cap` (the rest is never inflated)."""
     encoding = encoding.strip().lower()
     if not encoding or encoding == "identity":
         return raw
@@ -68,9 +76,9 @@ def decode_body(raw: bytes, encoding: str, cap: int) -> bytes | None:
         wbits = 16 + zlib.MAX_WBITS if "gzip" in encoding else zlib.MAX_WBITS
         d = zlib.decompressobj(wbits)
         out = d.decompress(raw, cap + 1)
-        if len(out) > cap or not d.eof:
-            return None
-        return out
+        if len(out) > cap:
+            raise BodyTooLarge(f"the body expands past {cap} bytes")
+        return out if d.eof else None
     except zlib.error:
         return None
 
@@ -101,11 +109,14 @@ def servable_as_is(up: UpstreamResponse | None) -> bool:
     """Can this non-2xx answer to the widened search be handed on as the client's answer?
 
     A 429 or a 5xx is the cluster's state, whatever the search: it goes to the client
-    unchanged, and the search is not sent again to a cluster that is already struggling. A
-    4xx may be of the widening's own making (a window over `index.max_result_window`, error
-    positions in a re-serialised body), so the client's own request is asked instead.
+    unchanged, and the search is not sent again to a cluster that is already struggling. So
+    is a 401 or 403: the client's own credentials and permissions, the same for any body,
+    and asking again would count twice against the cluster's failed-login lockout and in
+    its audit log. Another 4xx may be of the widening's own making (a window over
+    `index.max_result_window`, error positions in a re-serialised body), so the client's own
+    request is asked instead.
     """
-    return up is not None and (up.status == 429 or up.status >= 500)
+    return up is not None and (up.status in (401, 403, 429) or up.status >= 500)
 
 
 @dataclass(slots=True)
@@ -129,8 +140,9 @@ class SearchRequest:
         return self.app[SETTINGS].static.upstream.max_buffer_bytes
 
     def decoded_body(self) -> bytes | None:
+        """See `decode_body` (may raise `BodyTooLarge`)."""
         encoding = self.request.headers.get("Content-Encoding", "")
-        return decode_body(self.raw_body, encoding, self.max_bytes)
+        return decode_body(self.raw_body, encoding, search_body_cap(self.app))
 
     def headers(self, *, json_body: bool = False) -> CIMultiDict[str]:
         """The caller's headers for an upstream request the proxy makes (credentials kept).
@@ -172,7 +184,7 @@ class SearchRequest:
         if not 200 <= up.status < 300:
             return Fetched(up, problem=Reason.UPSTREAM_STATUS)
         try:
-            return Fetched(up, jsoncodec.loads(up.body))
+            return Fetched(up, await offload.run(len(up.body), jsoncodec.loads, up.body))
         except ValueError:
             return Fetched(up, problem=Reason.UNPARSABLE_RESPONSE)
 
@@ -195,24 +207,33 @@ class SearchRequest:
         query = without_params(self.raw_query, PROXY_PARAMS)
         return await forward(self.request, self.outcome, body=self.raw_body, raw_query=query)
 
-    def _send(self, up: UpstreamResponse, body: bytes) -> web.Response:
+    async def _send(self, up: UpstreamResponse, body: bytes) -> web.Response:
         headers = response_headers(up.headers)  # hop-by-hop filtered, Via appended
         for name in ("Content-Length", "Content-Encoding"):
             headers.popall(name, None)
         accept = self.request.headers.getall("Accept-Encoding", [])
         if accepts_gzip(", ".join(accept)):
-            body = gzip.compress(body, compresslevel=1)
+            body = await offload.run(len(body), gzip.compress, body, compresslevel=1)
             headers["Content-Encoding"] = "gzip"
         headers.update(self.outcome.headers())
         return web.Response(status=up.status, body=body, headers=headers)
 
-    def respond(self, up: UpstreamResponse, doc: Any) -> web.Response:
-        """A response document the proxy built, with the engine's status and headers."""
-        return self._send(up, jsoncodec.dumps(doc))
+    async def respond(self, up: UpstreamResponse, doc: Any) -> web.Response:
+        """A response document the proxy built, with the engine's status and headers.
 
-    def serve_as_is(self, up: UpstreamResponse) -> web.Response:
+        The document is about as large as the engine's response it was built from, which
+        sizes the work of writing it."""
+        return await self._send(up, await offload.run(len(up.body), jsoncodec.dumps, doc))
+
+    async def serve_as_is(self, up: UpstreamResponse) -> web.Response:
         """The engine's response body unchanged (the proxy asked for it uncompressed)."""
-        return self._send(up, up.body)
+        return await self._send(up, up.body)
+
+
+def search_body_cap(app: web.Application) -> int:
+    """The largest search body the proxy reads and parses (on the wire and decoded)."""
+    upstream = app[SETTINGS].static.upstream
+    return min(upstream.max_buffer_bytes, upstream.max_search_body_bytes)
 
 
 async def read_search(
@@ -220,11 +241,15 @@ async def read_search(
 ) -> SearchRequest | web.StreamResponse:
     """Buffer a search request; one over the cap is streamed through and answered here."""
     path, query = split_path_query(request.raw_path)
-    cap = request.app[SETTINGS].static.upstream.max_buffer_bytes
+    cap = search_body_cap(request.app)
+    body = ClientBody(request, request.app[SETTINGS].static.listen.body_timeout)
     try:
-        raw = await _read_bounded(request, cap)
+        raw = await _read_bounded(request, body, cap)
+    except ClientBodyTimeout as exc:
+        return await body_timeout_response(request, exc)
     except _TooLarge as big:
         outcome.single(State.SKIPPED, Reason.BODY_TOO_LARGE)
         query = without_params(query, PROXY_PARAMS)  # the engine would reject `rerank=`
-        return await forward(request, outcome, body=_prefixed(big.prefix, request), raw_query=query)
+        rest = _prefixed(big.prefix, body)
+        return await forward(request, outcome, body=rest, raw_query=query, client_body=body)
     return SearchRequest(request, outcome, snapshot, raw, path, query, parse_params(query))

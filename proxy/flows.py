@@ -33,11 +33,18 @@ from typing import Any
 
 from aiohttp import web
 
-from . import jsoncodec
+from . import jsoncodec, offload
 from .answer import client_view
 from .config import RuleConfig, resolve_rule, split_targets
 from .errors import RerankError, RerankOverloaded, UpstreamError
-from .fetch import Fetched, SearchRequest, parse_ndjson, read_search, servable_as_is
+from .fetch import (
+    BodyTooLarge,
+    Fetched,
+    SearchRequest,
+    parse_ndjson,
+    read_search,
+    servable_as_is,
+)
 from .filtering import apply_filter_path, filter_path_valid
 from .keys import METRICS, PROXY_PARAMS, RERANKER, SETTINGS, SHADOW
 from .outcome import ItemOutcome, Outcome, Reason, State
@@ -114,7 +121,7 @@ async def _unservable(sr: SearchRequest, fetched: Fetched, searches: int) -> web
     else:
         sr.outcome.single(State.SKIPPED, reason)
     if fetched.up is not None and servable_as_is(fetched.up):
-        return sr.serve_as_is(fetched.up)
+        return await sr.serve_as_is(fetched.up)
     return await sr.resend()
 
 
@@ -153,22 +160,25 @@ async def _rank(
     return ItemOutcome(State.APPLIED), ranking
 
 
-def _parse_single(sr: SearchRequest) -> Any:
-    """The search body (JSON body, `source=` parameter, or none); ValueError if unreadable."""
-    decoded = sr.decoded_body()
+async def _parse_single(sr: SearchRequest) -> tuple[Any, int]:
+    """The search body (JSON body, `source=` parameter, or none) and its size in bytes;
+    ValueError if unreadable, `BodyTooLarge` past the search body cap."""
+    decoded = await offload.run(len(sr.raw_body), sr.decoded_body)
     if decoded is None:
         raise ValueError("undecodable body")
     if decoded.strip():
-        return jsoncodec.loads(decoded)
+        return await offload.run(len(decoded), jsoncodec.loads, decoded), len(decoded)
     p = dict(sr.params)
     if "source" in p:
-        return jsoncodec.loads(p["source"])
-    return {}
+        return jsoncodec.loads(p["source"]), len(p["source"])
+    return {}, 0
 
 
 async def _single(sr: SearchRequest, route: Route, rule: RuleConfig) -> web.StreamResponse:
     try:
-        body = _parse_single(sr)
+        body, size = await _parse_single(sr)
+    except BodyTooLarge:
+        return await _skip(sr, Reason.BODY_TOO_LARGE)
     except ValueError:
         return await _skip(sr, Reason.UNPARSABLE_BODY)
     override = sr.request.headers.get("X-Rerank-Query")
@@ -184,7 +194,7 @@ async def _single(sr: SearchRequest, route: Route, rule: RuleConfig) -> web.Stre
         body = await sr.render(body)
         if body is None:
             return await _skip(sr, Reason.TEMPLATE_NOT_RENDERED)
-    plan = plan_search(body, sr.params, rule, query_override=override)
+    plan = await offload.run(size, plan_search, body, sr.params, rule, query_override=override)
     if isinstance(plan, Skip):
         return await _skip(sr, plan.reason)
     if not sampled(rule, route.targets, plan.query):
@@ -193,7 +203,8 @@ async def _single(sr: SearchRequest, route: Route, rule: RuleConfig) -> web.Stre
     query = without_params(sr.raw_query, PLAN_PARAMS | _SOURCE_PARAMS)
     if rule.mode == "shadow":
         return await _shadow(sr, plan, path + ("?" + query if query else ""))
-    fetched = await sr.fetch_window(path, query, jsoncodec.dumps(plan.body))
+    widened = await offload.run(size, jsoncodec.dumps, plan.body)
+    fetched = await sr.fetch_window(path, query, widened)
     doc = fetched.doc
     if fetched.up is None or fetched.problem is not None:
         return await _unservable(sr, fetched, 1)
@@ -202,11 +213,11 @@ async def _single(sr: SearchRequest, route: Route, rule: RuleConfig) -> web.Stre
         return await _unservable(sr, Fetched(None, problem=reason), 1)
     if reason is not None:
         sr.outcome.single(State.SKIPPED, reason)
-        return sr.respond(fetched.up, client_view(doc, plan))
+        return await sr.respond(fetched.up, client_view(doc, plan))
     result, ranking = await _rank(sr, plan, doc, sr.path)
     sr.outcome.single(result.state, result.reason)
     view = client_view(doc, plan, ranking, took_ms=sr.outcome.rerank_ms)
-    return sr.respond(fetched.up, view)
+    return await sr.respond(fetched.up, view)
 
 
 async def _shadow(sr: SearchRequest, plan: SearchPlan, widened: str) -> web.StreamResponse:
@@ -250,8 +261,11 @@ async def _multi(sr: SearchRequest, route: Route) -> web.StreamResponse:
     filter_paths = [v for k, v in sr.params if k == "filter_path"]
     if not all(filter_path_valid(v) for v in filter_paths):
         return await _skip(sr, Reason.BAD_FILTER_PATH)
-    decoded = sr.decoded_body()
-    lines = parse_ndjson(decoded) if decoded is not None else None
+    try:
+        decoded = await offload.run(len(sr.raw_body), sr.decoded_body)
+    except BodyTooLarge:
+        return await _skip(sr, Reason.BODY_TOO_LARGE)
+    lines = await offload.run(len(decoded), parse_ndjson, decoded) if decoded is not None else None
     if not lines or len(lines) % 2 or not all(isinstance(h, dict) for _, h in lines[::2]):
         return await _skip(sr, Reason.UNPARSABLE_BODY)
     override = sr.request.headers.get("X-Rerank-Query")
@@ -274,10 +288,11 @@ async def _multi(sr: SearchRequest, route: Route) -> web.StreamResponse:
                 return await _skip(sr, Reason.TEMPLATE_NOT_RENDERED)
             body_raw = jsoncodec.dumps(body)
         targets = _item_targets(head, route)
+        size = len(body_raw)
         plan: SearchPlan | Skip = (
             Skip(Reason.MIXED_RULES)
             if rule is None
-            else plan_search(body, [], rule, query_override=item_override)
+            else await offload.run(size, plan_search, body, [], rule, query_override=item_override)
         )
         if isinstance(plan, SearchPlan) and rule is not None:
             if rule.mode == "shadow":
@@ -287,7 +302,9 @@ async def _multi(sr: SearchRequest, route: Route) -> web.StreamResponse:
         plans.append(plan)
         out_lines += [
             head_raw,
-            jsoncodec.dumps(plan.body) if isinstance(plan, SearchPlan) else body_raw,
+            await offload.run(size, jsoncodec.dumps, plan.body)
+            if isinstance(plan, SearchPlan)
+            else body_raw,
         ]
     skips = [p for p in plans if isinstance(p, Skip)]
     if len(skips) == len(plans):
@@ -331,4 +348,4 @@ async def _multi(sr: SearchRequest, route: Route) -> web.StreamResponse:
         answer["took"] = took + math.ceil((time.perf_counter() - t0) * 1000)
     if filter_paths:
         answer = apply_filter_path(answer, filter_paths[-1])
-    return sr.respond(fetched.up, answer)
+    return await sr.respond(fetched.up, answer)

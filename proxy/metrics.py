@@ -136,6 +136,26 @@ class Metrics:
             "Streamed responses cut because the client stopped reading (listen.send_timeout).",
             registry=r,
         )
+        self.client_timeouts = Counter(
+            f"{PREFIX}_client_timeouts",
+            "Client connections closed for a timeout, by phase: header (no whole request head"
+            " in listen.header_timeout), body (listen.body_timeout between body bytes), idle"
+            " (no request for listen.keepalive_timeout).",
+            ["phase"],
+            registry=r,
+        )
+        for phase in ("header", "body", "idle"):
+            self.client_timeouts.labels(phase=phase)  # a closed set, exported from the start
+        self.connections_rejected = Counter(
+            f"{PREFIX}_client_connections_rejected",
+            "Client connections answered 503 and closed at once: listen.max_connections open.",
+            registry=r,
+        )
+        self.client_connections = Gauge(
+            f"{PREFIX}_client_connections",
+            "Client connections open now.",
+            registry=r,
+        )
         self.hits_without_text = Counter(
             f"{PREFIX}_hits_without_text",
             "Hits in a reranked window that had none of the rule's text fields.",

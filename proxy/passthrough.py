@@ -20,9 +20,10 @@ from aiohttp import web
 
 from .errors import UpstreamError, UpstreamUnavailable, es_error_body
 from .keys import METRICS, SETTINGS, UPSTREAM
+from .listener import ClientBody, ClientBodyTimeout, body_timeout_response
 from .outcome import Outcome
 from .routing import split_path_query
-from .upstream import iter_stream, request_headers, response_headers
+from .upstream import request_headers, response_headers
 
 logger = logging.getLogger(__name__)
 
@@ -55,15 +56,19 @@ async def forward(
     *,
     body: bytes | AsyncIterable[bytes] | None = None,
     raw_query: str | None = None,
+    client_body: ClientBody | None = None,
 ) -> web.StreamResponse:
-    """Forward a request upstream and stream the response back unchanged."""
+    """Forward a request upstream and stream the response back unchanged.
+
+    The client's body is streamed upstream as it arrives (`client_body`, when the caller
+    has begun reading it); one that stalls past `listen.body_timeout` is a 408."""
     upstream = request.app[UPSTREAM]
     path, query = split_path_query(request.raw_path)
     if raw_query is not None:
         query = raw_query
     keep_length = body is None
     if body is None and request.body_exists:
-        body = iter_stream(request.content)
+        body = client_body = ClientBody(request, request.app[SETTINGS].static.listen.body_timeout)
     headers = request_headers(request.headers, request.remote, keep_length=keep_length)
     t0 = time.perf_counter()
     try:
@@ -71,6 +76,9 @@ async def forward(
             request.method, path + ("?" + query if query else ""), headers, body
         )
     except UpstreamError as exc:
+        if client_body is not None and client_body.timed_out:
+            cause = ClientBodyTimeout(f"no request body byte for {client_body.timeout:g} s")
+            return await body_timeout_response(request, cause)
         return upstream_error_response(request, exc)
     outcome.upstream_ms += (time.perf_counter() - t0) * 1000
     headers = response_headers(up.headers)

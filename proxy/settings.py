@@ -38,7 +38,15 @@ def restart_keys(old: Config, new: Config) -> list[str]:
     """
     out = []
     a, b = old.listen, new.listen
-    for key in ("host", "port", "workers"):
+    for key in (
+        "host",
+        "port",
+        "workers",
+        "header_timeout",
+        "body_timeout",
+        "keepalive_timeout",
+        "max_connections",
+    ):
         if getattr(a, key) != getattr(b, key):
             out.append(f"listen.{key}")
     if bool(a.tls_cert) != bool(b.tls_cert) or bool(a.client_ca) != bool(b.client_ca):

@@ -26,7 +26,7 @@ from typing import Any
 
 from multidict import CIMultiDict
 
-from . import jsoncodec
+from . import jsoncodec, offload
 from .config import ShadowConfig
 from .errors import ProxyError
 from .metrics import Metrics
@@ -140,7 +140,7 @@ class ShadowRunner:
         if up is None or not 200 <= up.status < 300:
             self.metrics.shadow.labels(result="failed").inc()
             return
-        doc = jsoncodec.loads(up.body)
+        doc = await offload.run(len(up.body), jsoncodec.loads, up.body)
         if rerankable_response(doc) is not None:
             self.metrics.shadow.labels(result="failed").inc()
             return

@@ -12,13 +12,14 @@ from __future__ import annotations
 import ssl
 from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from .config import UpstreamConfig
-from .errors import UpstreamTimeout, UpstreamUnavailable
+from .errors import UpstreamBusy, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 
 # RFC 9110 7.6.1 connection-specific fields, plus the de-facto hop-by-hop ones.
 HOP_BY_HOP = frozenset(
@@ -87,15 +88,6 @@ def response_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
     return out
 
 
-async def iter_stream(reader: aiohttp.StreamReader) -> AsyncIterator[bytes]:
-    """Yield a request body as it arrives; a client disconnect raises, aborting upstream."""
-    while True:
-        chunk = await reader.readany()
-        if not chunk:
-            return
-        yield chunk
-
-
 def _ssl_context(cfg: UpstreamConfig) -> ssl.SSLContext | bool:
     if not cfg.url.startswith("https"):
         return True
@@ -118,8 +110,33 @@ class UpstreamResponse:
     body: bytes
 
 
+class _PoolWait:
+    """Whether a request is waiting for a free pooled connection (aiohttp's trace events)."""
+
+    __slots__ = ("waiting",)
+
+    def __init__(self) -> None:
+        self.waiting = False
+
+
+async def _queued(_s: object, ctx: SimpleNamespace, _p: object) -> None:
+    if isinstance(ctx.trace_request_ctx, _PoolWait):
+        ctx.trace_request_ctx.waiting = True
+
+
+async def _dequeued(_s: object, ctx: SimpleNamespace, _p: object) -> None:
+    if isinstance(ctx.trace_request_ctx, _PoolWait):
+        ctx.trace_request_ctx.waiting = False
+
+
 class Upstream:
-    """The cluster behind the proxy: one pooled ClientSession for the app's lifetime."""
+    """The cluster behind the proxy: one pooled ClientSession for the app's lifetime.
+
+    A request waits at most `pool_timeout` for a free connection when all
+    `max_connections` are in use (aiohttp's `connect` timeout covers that wait plus
+    connecting; `sock_connect` the connecting alone); one still waiting then is
+    `UpstreamBusy`, a 503 clients retry, rather than a request that hangs.
+    """
 
     def __init__(self, cfg: UpstreamConfig) -> None:
         self.cfg = cfg
@@ -137,14 +154,21 @@ class Upstream:
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=self.cfg.max_connections, ssl=_ssl_context(self.cfg))
+        pool = aiohttp.TraceConfig()
+        pool.on_connection_queued_start.append(_queued)
+        pool.on_connection_queued_end.append(_dequeued)
         self._session = aiohttp.ClientSession(
             connector=connector,
             cookie_jar=aiohttp.DummyCookieJar(),
             trust_env=False,
             auto_decompress=False,
             timeout=aiohttp.ClientTimeout(
-                total=None, sock_connect=self.cfg.connect_timeout, sock_read=self.cfg.read_timeout
+                total=None,
+                connect=self.cfg.pool_timeout + self.cfg.connect_timeout,
+                sock_connect=self.cfg.connect_timeout,
+                sock_read=self.cfg.read_timeout,
             ),
+            trace_configs=[pool],
             skip_auto_headers=("User-Agent", "Content-Type", "Accept", "Accept-Encoding"),
             requote_redirect_url=False,
         )
@@ -173,6 +197,7 @@ class Upstream:
     ) -> aiohttp.ClientResponse:
         """Send a request; the caller reads (streams) and releases the response."""
         assert self._session is not None, "Upstream.start() was not awaited"
+        pool = _PoolWait()
         try:
             return await self._session.request(
                 method,
@@ -182,8 +207,15 @@ class Upstream:
                 allow_redirects=False,
                 compress=None,
                 auto_decompress=False,
+                trace_request_ctx=pool,
             )
         except TimeoutError as exc:
+            if pool.waiting:
+                raise UpstreamBusy(
+                    f"no connection to {self.display_url} came free in"
+                    f" {self.cfg.pool_timeout:g} s (upstream.max_connections"
+                    f" {self.cfg.max_connections} in use)"
+                ) from exc
             raise UpstreamTimeout(f"upstream did not answer in time: {exc or 'timeout'}") from exc
         except (aiohttp.ClientError, OSError) as exc:
             raise UpstreamUnavailable(f"cannot reach upstream {self.display_url}: {exc}") from exc
@@ -227,7 +259,7 @@ class Upstream:
         resp.release()
         return UpstreamResponse(resp.status, resp.headers, data)
 
-    async def probe(self) -> str | None:
+    async def probe(self) -> UpstreamError | None:
         """Is the cluster there? None when it answered anything over a verified connection.
 
         Any HTTP status counts (a secured cluster answers the proxy's own, credential-less
@@ -236,8 +268,8 @@ class Upstream:
         headers: CIMultiDict[str] = CIMultiDict({"Via": VIA})
         try:
             await self.fetch("GET", "/", headers, None, max_bytes=1 << 20)
-        except (UpstreamTimeout, UpstreamUnavailable) as exc:
-            return str(exc)
+        except UpstreamError as exc:
+            return exc
         return None
 
     @staticmethod
@@ -253,3 +285,16 @@ class Upstream:
             raise UpstreamTimeout("upstream body stalled") from exc
         except (aiohttp.ClientError, OSError) as exc:
             raise UpstreamUnavailable(f"upstream body broke off: {exc}") from exc
+
+
+def readiness_reason(exc: UpstreamError) -> str:
+    """What `/ready` says of a failed probe: the kind of failure, never the address (the
+    log line has that)."""
+    cause = exc.__cause__
+    while cause is not None and not isinstance(cause, ssl.SSLError):
+        cause = cause.__cause__
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        return f"{exc.public_reason} (TLS certificate not verified)"
+    if isinstance(cause, ssl.SSLError):
+        return f"{exc.public_reason} (TLS handshake failed)"
+    return exc.public_reason

@@ -195,7 +195,9 @@ async def api_search(request: web.Request) -> web.StreamResponse:
             "the engine's answer is over upstream.max_buffer_bytes", 502, "compare_upstream"
         )
     if fetched.problem is Reason.UPSTREAM_STATUS:
-        return sr.serve_as_is(fetched.up)  # the engine's own error (401, index not found, ...)
+        return await sr.serve_as_is(
+            fetched.up
+        )  # the engine's own error (401, index not found, ...)
     if (
         fetched.problem is not None
         or rerankable_response(fetched.doc) is Reason.UNEXPECTED_RESPONSE

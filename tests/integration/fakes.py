@@ -28,6 +28,8 @@ _REASONS = {
     201: "Created",
     204: "No Content",
     400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
     404: "Not Found",
     429: "Too Many Requests",
     500: "Internal Server Error",
@@ -449,3 +451,10 @@ async def eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout} s")
         await asyncio.sleep(0.01)
+
+
+def drop_connections(upstream: FakeUpstream) -> None:
+    """Close every connection the fake upstream holds (a FIN each), as an engine closing its
+    idle keep-alive connections does."""
+    for writer in list(upstream._writers):
+        writer.close()

@@ -23,7 +23,7 @@ async def eventually_async(
         if check(await get()):
             return
         await asyncio.sleep(0.01)
-    raise AssertionError("condition never held")
+    raise AssertionError(f"condition never held: {await get()}")
 
 
 async def _ready(proxy: RunningProxy) -> tuple[int, dict[str, object]]:
@@ -43,7 +43,7 @@ async def test_ready_follows_the_upstream_and_health_does_not(
     await eventually_async(lambda: _ready(proxy), lambda r: r[0] == 503 and "reasons" in r[1])
     _, body = await _ready(proxy)
     assert body["ready"] is False
-    assert [r.split(":")[0] for r in body["reasons"]] == ["upstream"]  # type: ignore[union-attr]
+    assert body["reasons"] == ["upstream: upstream unreachable"]  # no address in it
 
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
@@ -71,7 +71,29 @@ async def test_ready_is_503_when_the_upstream_tls_does_not_verify(
     never verifies: readiness says so."""
     proxy = await start_proxy(url=f"https://127.0.0.1:{upstream.port}", probe_interval=0.05)
     await eventually_async(lambda: _ready(proxy), lambda r: r[0] == 503 and "reasons" in r[1])
-    assert str((await _ready(proxy))[1]["reasons"]).startswith("['upstream: ")
+    await eventually_async(lambda: _ready(proxy), lambda r: "probed" not in str(r[1]["reasons"]))
+    # The kind of failure (here the fake never answers the TLS hello), never the address: a
+    # readiness endpoint is often public.
+    assert (await _ready(proxy))[1]["reasons"] == ["upstream: upstream timed out"]
+
+
+async def test_ready_says_when_the_upstream_tls_handshake_fails(
+    start_proxy: StartProxy,
+) -> None:
+    async def plain_http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(plain_http, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        proxy = await start_proxy(url=f"https://127.0.0.1:{port}", probe_interval=0.05)
+        failed = ["upstream: upstream unreachable (TLS handshake failed)"]
+        await eventually_async(lambda: _ready(proxy), lambda r: r[1].get("reasons") == failed)
+    finally:
+        server.close()
+        await server.wait_closed()
 
 
 async def test_admin_requests_are_not_forwarded(

@@ -3,8 +3,9 @@
 Once the widened response is in hand the client gets its view of it (engine order when the
 reranker fails or the answer cannot be reranked), and the search is never sent twice. The
 client's own request is re-sent only when the proxy holds nothing it can serve: a response
-too large to buffer, one that does not parse or has an unexpected shape, or a 4xx. A 429 or
-5xx is served as it came.
+too large to buffer, one that does not parse or has an unexpected shape, or a 4xx the
+widening may have caused. A 401, 403, 429 or 5xx is served as it came: sending it again
+would count twice against a secured cluster's failed-login lockout.
 """
 
 from __future__ import annotations
@@ -147,9 +148,14 @@ async def test_unrerankable_answer_is_served_in_engine_order(
 
 @pytest.mark.parametrize(
     ("status", "error_type"),
-    [(429, "es_rejected_execution_exception"), (503, "cluster_block_exception")],
+    [
+        (401, "security_exception"),
+        (403, "security_exception"),
+        (429, "es_rejected_execution_exception"),
+        (503, "cluster_block_exception"),
+    ],
 )
-async def test_429_and_5xx_are_served_as_they_came(
+async def test_401_403_429_and_5xx_are_served_as_they_came(
     proxies: Proxies, engine: Engine, status: int, error_type: str
 ) -> None:
     body = body_of(error_reply(status, error_type))

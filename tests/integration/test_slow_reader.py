@@ -5,11 +5,13 @@ would otherwise wait for ever)."""
 from __future__ import annotations
 
 import asyncio
+import json
 
 from proxy.app import create_app
 from proxy.config import parse_config
 from proxy.keys import METRICS
 
+from .conftest import StartProxy
 from .fakes import FakeUpstream, Received, eventually, http_response, proxy_config, start_app
 
 BIG = 32 << 20  # far past what the sockets between the proxy and the client can buffer
@@ -46,3 +48,36 @@ async def test_a_client_that_stops_reading_is_cut_and_frees_the_upstream(
     finally:
         await proxy.close_clients()
         await proxy.stop()
+
+
+async def test_a_request_waits_for_a_pool_connection_at_most_pool_timeout(
+    start_proxy: StartProxy, upstream: FakeUpstream
+) -> None:
+    """All `max_connections` busy: the next request is an ES-shaped 503 after
+    `upstream.pool_timeout` (clients retry it), not a request that hangs; once a connection
+    is free again requests go through."""
+    release = asyncio.Event()
+
+    async def answer(req: Received, writer: asyncio.StreamWriter) -> bool:
+        if req.target == "/slow/_forcemerge":
+            await release.wait()
+        writer.write(http_response(200, [("Content-Type", "application/json")], b"{}"))
+        return True
+
+    upstream.handler = answer
+    proxy = await start_proxy(max_connections=1, pool_timeout=0.2)
+    holder = await proxy.connect()
+    await holder.send(b"POST /slow/_forcemerge HTTP/1.1\r\nHost: p\r\n\r\n")
+    await eventually(lambda: bool(upstream.requests))
+    busy = await proxy.get("/idx/_doc/1")
+    assert busy.status == 503
+    error = json.loads(busy.body)
+    assert error["status"] == 503
+    assert error["error"]["type"] == "proxy_upstream_busy"
+    assert "127.0.0.1" not in busy.body.decode()  # the address is logged, not sent
+    assert len(upstream.requests) == 1  # the busy request never reached the engine
+    metrics = json.loads((await proxy.get("/_rerank_proxy/metrics?format=json")).body)
+    assert metrics['rerank_proxy_upstream_errors_total{status="503"}'] == 1
+    release.set()
+    assert (await holder.response(method="POST")).status == 200
+    assert (await proxy.get("/idx/_doc/1")).status == 200

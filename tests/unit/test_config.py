@@ -27,11 +27,12 @@ KNOWN_TOP = (
     " model_server, shadow, upstream"
 )
 KNOWN_LISTEN = (
-    "client_ca, drain_delay, host, port, reuse_port, send_timeout, tls_cert, tls_key, workers"
+    "body_timeout, client_ca, drain_delay, header_timeout, host, keepalive_timeout,"
+    " max_connections, port, reuse_port, send_timeout, tls_cert, tls_key, workers"
 )
 KNOWN_UPSTREAM = (
     "ca_file, client_cert, client_key, connect_timeout, max_buffer_bytes, max_connections,"
-    " probe_interval, read_timeout, url, verify_tls"
+    " max_search_body_bytes, pool_timeout, probe_interval, read_timeout, url, verify_tls"
 )
 KNOWN_MODEL = (
     "backend, batch_size, batch_wait_ms, cache_size, compile, device, label, max_group,"
