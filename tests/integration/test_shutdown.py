@@ -6,6 +6,8 @@ import asyncio
 
 import pytest
 
+from proxy.keys import STATE
+
 from .conftest import StartProxy
 from .fakes import FakeUpstream, RawClient, Received, chunk, eventually, http_response
 
@@ -47,3 +49,40 @@ async def test_in_flight_request_completes_during_cleanup(
 
     with pytest.raises(OSError):  # and no longer listens
         await RawClient.connect(proxy.port)
+
+
+async def test_a_request_on_an_idle_connection_during_shutdown_is_not_left_hanging(
+    start_proxy: StartProxy, upstream: FakeUpstream
+) -> None:
+    """While one request keeps the shutdown waiting, a kept-alive idle connection that sends
+    another gets an answer or a close at once, not silence until the shutdown timeout."""
+    release = asyncio.Event()
+
+    async def answer(req: Received, writer: asyncio.StreamWriter) -> bool:
+        if req.target == "/slow/_forcemerge":
+            await release.wait()
+        writer.write(http_response(200, [("Content-Type", "application/json")], b"{}"))
+        return True
+
+    upstream.handler = answer
+    proxy = await start_proxy(shutdown_timeout=3600.0)
+    idle = await proxy.connect()
+    assert (await idle.request(b"GET /idx/_doc/1 HTTP/1.1\r\nHost: p\r\n\r\n")).status == 200
+    busy = await proxy.connect()
+    await busy.send(b"POST /slow/_forcemerge HTTP/1.1\r\nHost: p\r\n\r\n")
+    await eventually(lambda: len(upstream.requests) == 2)
+
+    cleanup = asyncio.create_task(proxy.stop())
+    await eventually(lambda: proxy.app[STATE].started_up is False or not proxy.runner.sites)
+    try:
+        await idle.send(b"GET /idx/_doc/2 HTTP/1.1\r\nHost: p\r\n\r\n")
+    except ConnectionError:
+        pass  # closed already: as good as an answer
+    else:
+        # Either a response or the connection closed, while the shutdown still waits.
+        got = await asyncio.wait_for(idle.reader.read(1), timeout=10)
+        assert got in (b"", b"H")
+    assert not cleanup.done()
+    release.set()
+    assert (await busy.response(method="POST")).status == 200
+    await asyncio.wait_for(cleanup, timeout=60)
