@@ -9,7 +9,8 @@ fixtures, e.g.::
         stop_engine("opensearch")
 
 State, ports, heap and timeout follow the ``scripts/engine`` environment variables
-(RERANK_PROXY_STATE, OPENSEARCH_PORT, ELASTICSEARCH_PORT, ENGINE_HEAP, ENGINE_START_TIMEOUT).
+(RERANK_PROXY_STATE, OPENSEARCH_PORT, OPENSEARCH3_PORT, ELASTICSEARCH_PORT, ENGINE_HEAP,
+ENGINE_START_TIMEOUT, OPENSEARCH3_JAVA_HOME).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ENGINE_SCRIPT = REPO_ROOT / "scripts" / "engine"
-ENGINE_NAMES = ("opensearch", "elasticsearch")
+# opensearch: OpenSearch 2.19.1, opensearch3: OpenSearch 3.x (Java 21+), elasticsearch: 7.10.2 OSS
+ENGINE_NAMES = ("opensearch", "opensearch3", "elasticsearch")
 
 
 def _run(*args: str, timeout: float | None = None) -> subprocess.CompletedProcess[str]:

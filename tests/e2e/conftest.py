@@ -1,6 +1,9 @@
-"""End-to-end fixtures: real OpenSearch 2.19 and Elasticsearch 7.10 (scripts/engine, no
-Docker), the SciFact collection indexed in both, and the proxy running as its own process
-(`python -m proxy serve`) with the stand-in model on the real loading path."""
+"""End-to-end fixtures: real OpenSearch 2.19, OpenSearch 3.x and Elasticsearch 7.10
+(scripts/engine, no Docker), the SciFact collection indexed in each, and the proxy running as
+its own process (`python -m proxy serve`) with the stand-in model on the real loading path.
+
+An engine is started the first time a test needs it, so `pytest tests/e2e -k opensearch3`
+starts OpenSearch 3 alone."""
 
 from __future__ import annotations
 
@@ -20,7 +23,8 @@ import yaml
 from tests.conftest import REPO_ROOT, SciFact
 from tests.engines import ensure_engine, stop_engine
 
-ENGINES = ("opensearch", "elasticsearch")
+ENGINES = ("opensearch", "opensearch3", "elasticsearch")
+OPENSEARCH_ENGINES = frozenset({"opensearch", "opensearch3"})  # driven with opensearch-py
 SCIFACT_INDEX = "scifact-v2"
 WINDOW = 30
 ALIAS = "papers-v2"
@@ -34,14 +38,14 @@ class Stack:
     log: Path
 
     def sync_client(self, url: str, **kw: Any) -> Any:
-        if self.engine == "opensearch":
+        if self.engine in OPENSEARCH_ENGINES:
             from opensearchpy import OpenSearch
 
             return OpenSearch(hosts=[url], timeout=60, **kw)
         return _es7().Elasticsearch([url], timeout=60, **kw)
 
     def async_client(self, url: str, **kw: Any) -> Any:
-        if self.engine == "opensearch":
+        if self.engine in OPENSEARCH_ENGINES:
             from opensearchpy import AsyncOpenSearch
 
             return AsyncOpenSearch(hosts=[url], timeout=60, **kw)
@@ -159,18 +163,27 @@ def stop_proxy(proc: subprocess.Popen[str]) -> None:
         proc.stdout.close()
 
 
+class _Engines(dict[str, str]):
+    """Engine name -> base URL; looking a name up starts that engine unless it runs already."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started: list[str] = []
+
+    def __missing__(self, name: str) -> str:
+        url, ours = ensure_engine(name)
+        if ours:
+            self.started.append(name)
+        self[name] = url
+        return url
+
+
 @pytest.fixture(scope="session")
 def engines() -> Iterator[dict[str, str]]:
-    started: list[str] = []
-    urls: dict[str, str] = {}
-    for name in ENGINES:
-        url, ours = ensure_engine(name)
-        urls[name] = url
-        if ours:
-            started.append(name)
+    urls = _Engines()
     yield urls
     if not os.environ.get("RERANK_PROXY_KEEP_ENGINES"):
-        for name in started:
+        for name in urls.started:
             stop_engine(name)
 
 

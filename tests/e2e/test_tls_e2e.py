@@ -18,7 +18,14 @@ import trustme
 
 from tests.conftest import SciFact
 
-from .conftest import SCIFACT_INDEX, Stack, proxy_config, start_proxy, stop_proxy
+from .conftest import (
+    OPENSEARCH_ENGINES,
+    SCIFACT_INDEX,
+    Stack,
+    proxy_config,
+    start_proxy,
+    stop_proxy,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -76,7 +83,7 @@ def test_official_clients_verify_the_proxy_and_get_the_reranked_answer(
         verify_certs=True,
         client_cert=certs["client.crt"],
         client_key=certs["client.key"],
-        **({"use_ssl": True} if stack.engine == "opensearch" else {}),
+        **({"use_ssl": True} if stack.engine in OPENSEARCH_ENGINES else {}),
     )
     try:
         got = secure.search(index=SCIFACT_INDEX, body=body)
@@ -98,7 +105,7 @@ def test_without_a_client_certificate_searches_are_refused(
         ca_certs=certs["ca.pem"],
         verify_certs=True,
         max_retries=0,
-        **({"use_ssl": True} if stack.engine == "opensearch" else {}),
+        **({"use_ssl": True} if stack.engine in OPENSEARCH_ENGINES else {}),
     )
     try:
         with pytest.raises(Exception, match="proxy_client_certificate_required") as info:
