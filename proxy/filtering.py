@@ -306,15 +306,17 @@ def _fp_include(value: Any, patterns: list[list[str]]) -> Any:
 
 
 def _fp_exclude(value: Any, patterns: list[list[str]]) -> Any:
-    """Drop what the patterns name; a container emptied by that is dropped too, one that
-    was empty already is kept."""
+    """Drop what the patterns name. A container the patterns reach into is dropped when
+    nothing in it is left, emptied or empty already, as the engines' filtering writer drops
+    it (`-hits.hits._source` on no hits has no `hits.hits`); one they do not reach into is
+    kept whole, empty or not."""
     if isinstance(value, list):
         kept: list[Any] = []
         for v in value:
             sub = _fp_exclude(v, patterns)
             if sub is not _MISSING:
                 kept.append(sub)
-        return kept if kept or not value else _MISSING
+        return kept if kept else _MISSING
     if not isinstance(value, dict):
         return value
     out: dict[str, Any] = {}
@@ -325,7 +327,7 @@ def _fp_exclude(value: Any, patterns: list[list[str]]) -> Any:
         sub = _fp_exclude(item, nxt) if nxt else item
         if sub is not _MISSING:
             out[key] = sub
-    return out if out or not value else _MISSING
+    return out if out else _MISSING
 
 
 def _filter_parts(filter_path: str) -> list[str]:

@@ -3,7 +3,8 @@
 Python's json module turns `1.0E10` into `10000000000.0` on the way back out. The proxy
 rewrites only hit order and scores, so everything else must come back as the engine wrote
 it: floats are parsed as `RawFloat` (a float that remembers its text) and written back
-verbatim; non-ASCII text is written as UTF-8, as the engines do. Pure module.
+verbatim, and so is an integer `-0` (`NegativeZero`); non-ASCII text is written as UTF-8,
+as the engines do. Pure module.
 
 Parsing is as strict as the engines' (Jackson): `NaN`, `Infinity` and `-Infinity` are not
 JSON, and a key repeated in one object is an error, so a body the engine would reject is
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable
 from itertools import accumulate
 from typing import Any
@@ -43,6 +45,24 @@ class RawFloat(float):
         obj = super().__new__(cls, text)
         obj.text = text
         return obj
+
+
+class NegativeZero(int):
+    """The integer `-0`: 0, written back as `-0` (the engines keep a stored `-0` as it is)."""
+
+    __slots__ = ()
+
+    def __new__(cls) -> NegativeZero:
+        return super().__new__(cls, 0)
+
+
+NEGATIVE_ZERO = NegativeZero()
+# An integer `-0` somewhere (or a string that looks like one: then only the slower path).
+_MAYBE_NEGATIVE_ZERO = re.compile(rb"-0(?![0-9.eE])")
+
+
+def _parse_int(text: str) -> int:
+    return NEGATIVE_ZERO if text == "-0" else int(text)
 
 
 class TooDeep(ValueError):
@@ -95,8 +115,14 @@ def loads(data: bytes | str) -> Any:
             data = raw.decode(encoding, "surrogatepass")
             raw = data.encode("utf-8", "surrogatepass")
     _check_depth(raw)
+    # Integers go through Python only when a `-0` may be among them: C is faster.
+    parse_int = _parse_int if _MAYBE_NEGATIVE_ZERO.search(raw) else None
     return json.loads(
-        data, parse_float=RawFloat, parse_constant=_reject_constant, object_pairs_hook=_object
+        data,
+        parse_float=RawFloat,
+        parse_int=parse_int,
+        parse_constant=_reject_constant,
+        object_pairs_hook=_object,
     )
 
 
@@ -114,7 +140,7 @@ def _dump(
     elif isinstance(value, RawFloat):
         out.append(value.text)
     elif isinstance(value, int):
-        out.append(int.__repr__(value))
+        out.append("-0" if value.__class__ is NegativeZero else int.__repr__(value))
     elif isinstance(value, float):
         if math.isnan(value) or math.isinf(value):
             out.append("null")

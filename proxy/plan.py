@@ -127,7 +127,11 @@ def _int(value: Any, default: int, *, param: bool) -> int | None:
 def _page_value(
     p: Mapping[str, str], body: Mapping[str, Any], key: str, default: int
 ) -> int | None:
-    """`from` or `size`: the URL parameter wins over the body, as in the engines."""
+    """`from` or `size`: the URL parameter wins over the body, as in the engines; None for
+    a value they reject, in the body even when the URL has one (they parse the body first,
+    and a `null`, `"10x"` or `2**40` there is their error)."""
+    if key in body and (body[key] is None or _int(body[key], default, param=False) is None):
+        return None
     if key in p:
         return _int(p[key], default, param=True)
     return _int(body.get(key), default, param=False)
@@ -167,6 +171,19 @@ def _upstream_source(client: SourceFilter, needed: tuple[str, ...]) -> Any:
     if excludes:
         spec["excludes"] = excludes
     return spec or True
+
+
+def _spelled_as(client: Any, widened: Any) -> Any:
+    """The widened `_source` with the client's key spellings: the deprecated `include` and
+    `exclude` stay as written, so the engine's deprecation `Warning` still reaches the
+    client."""
+    if not isinstance(client, dict):
+        return widened
+    out = dict(widened) if isinstance(widened, dict) else {}
+    for old, new in (("include", "includes"), ("exclude", "excludes")):
+        if old in client and new not in client:
+            out[old] = out.pop(new, [])  # an empty list: all fields, no exclusion
+    return out or widened
 
 
 def plan_search(
@@ -220,20 +237,28 @@ def plan_search(
         return Skip(Reason.NO_QUERY_TEXT)
     text = text[:MAX_QUERY_CHARS]  # the model sees a few hundred tokens of it at most
     try:
-        client_filter = source_filter_from_params(params) or source_filter_from_body(
-            body.get("_source")
-        )
+        # The body's `_source` is the engine's error when malformed, whatever the URL says.
+        body_filter = source_filter_from_body(body.get("_source"))
+        client_filter = source_filter_from_params(params) or body_filter
     except ValueError:
+        return Skip(Reason.BAD_SOURCE)
+    if client_filter is not None and set(client_filter.includes) & set(client_filter.excludes):
+        # OpenSearch 3 rejects an entry both included and excluded; older engines answer
+        # an empty `_source`. Either way it is the engine's to say.
         return Skip(Reason.BAD_SOURCE)
     new_body = dict(body)
     new_body["from"] = 0
     new_body["size"] = max(rule.window, from_ + size)
     source_filter = None
-    if client_filter is not None:
+    if client_filter is not None and not (
+        client_filter.is_identity and client_filter is body_filter
+    ):
+        # (A body's own `true` or `{}` stays as written: OpenSearch 3 warns of the `{}`.)
         new_body.pop("_source", None)
         if not client_filter.is_identity:
             source_filter = client_filter
-            new_body["_source"] = _upstream_source(client_filter, rule_text_fields(rule))
+            widened = _upstream_source(client_filter, rule_text_fields(rule))
+            new_body["_source"] = _spelled_as(body.get("_source"), widened)
     return SearchPlan(
         body=new_body,
         from_=from_,

@@ -326,10 +326,10 @@ FILTER_PATH_CASES: list[tuple[str, str, Any]] = [
     ),
     ("exclude-star-in-name", "-_*", {k: v for k, v in RESP.items() if k != "_shards"}),
     (
-        "exclude-any-depth",
+        "exclude-any-depth",  # `**` reaches into every container: the empty ones go (engines)
         "-**._score",
         {
-            **RESP,
+            **{k: v for k, v in RESP.items() if k not in ("empty_obj", "empty_list")},
             "hits": {
                 **RESP["hits"],
                 "hits": [{k: v for k, v in h.items() if k != "_score"} for h in (HIT1, HIT2)],

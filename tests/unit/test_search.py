@@ -529,7 +529,7 @@ SOURCE_PLANS: list[
     tuple[str, Any, list[tuple[str, str]], tuple[str, ...], Any, SourceFilter | None]
 ] = [
     ("not-given", None, [], ("title",), None, None),
-    ("true", True, [], ("title",), None, None),
+    ("true", True, [], ("title",), True, None),  # left as written
     (
         "false",
         False,
