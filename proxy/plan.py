@@ -176,13 +176,16 @@ def _upstream_source(client: SourceFilter, needed: tuple[str, ...]) -> Any:
 def _spelled_as(client: Any, widened: Any) -> Any:
     """The widened `_source` with the client's key spellings: the deprecated `include` and
     `exclude` stay as written, so the engine's deprecation `Warning` still reaches the
-    client."""
+    client. An `exclude` the widening dropped (it reached a field the reranker needs)
+    becomes `[""]`, which excludes nothing (no field has an empty name): an empty list would
+    draw warnings of its own from OpenSearch 3."""
     if not isinstance(client, dict):
         return widened
     out = dict(widened) if isinstance(widened, dict) else {}
     for old, new in (("include", "includes"), ("exclude", "excludes")):
         if old in client and new not in client:
-            out[old] = out.pop(new, [])  # an empty list: all fields, no exclusion
+            dropped = [""] if old == "exclude" and client[old] not in ([], "") else []
+            out[old] = out.pop(new, dropped)
     return out or widened
 
 

@@ -600,6 +600,7 @@ SETTINGS = settings(
     max_examples=EXAMPLES,
     deadline=None,
     database=None,  # nothing written into the shared checkout
+    derandomize=bool(os.environ.get("CI")),  # CI: the same examples each run; here: new ones
     phases=(Phase.explicit, Phase.generate, Phase.shrink),
     suppress_health_check=[
         HealthCheck.function_scoped_fixture,
