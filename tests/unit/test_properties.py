@@ -27,8 +27,8 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import math
+import os
 from typing import Any
 
 import pytest
