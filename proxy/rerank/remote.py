@@ -238,6 +238,12 @@ class RemoteExecutor(Executor):
             tasks = [asyncio.ensure_future(c) for c in calls]
             try:
                 results = await asyncio.gather(*tasks)
+            except RemoteUnavailable:
+                # No circuit let this chunk through, maybe because a sibling is the half-open
+                # trial: that one must finish, or the circuit never closes (its cancelled
+                # trial would count for nothing, and the next group's would be cancelled too).
+                await asyncio.gather(*tasks, return_exceptions=True)
+                raise
             except BaseException:
                 # One failed chunk fails the group: stop the others (not counted as failures).
                 for task in tasks:

@@ -591,6 +591,26 @@ async def test_half_open_trial_then_closed_again(
     assert len(server.calls) == 7
 
 
+async def test_a_trial_in_a_group_of_several_queries_closes_the_circuit(
+    servers: Servers, make: Make, clock: FakeClock
+) -> None:
+    """A group mixing two queries makes two calls; while half-open one is the trial and the
+    other finds no circuit to go through. The trial must still finish and close the circuit:
+    cancelled with its sibling, it never would, for every group after it too (found in the
+    fault matrix: a model server back after an outage was never used again)."""
+    server = await servers()
+    server.status(500)
+    executor = make(server, breaker_failures=1, breaker_reset=5)
+    await fail(executor)
+    clock.now += 5
+    server.ok()
+    pairs = [(QUERY, "apple"), ("another query", "apple")]
+    with pytest.raises(RemoteUnavailable):
+        await executor.run(pairs, 512)
+    assert executor.describe()["open_circuits"] == 0  # the trial answered: closed
+    assert len(await executor.run(pairs, 512)) == 2
+
+
 async def test_only_one_trial_call_while_half_open(
     servers: Servers, make: Make, clock: FakeClock
 ) -> None:
