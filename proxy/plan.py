@@ -239,24 +239,29 @@ def plan_search(
     if text is None:
         return Skip(Reason.NO_QUERY_TEXT)
     text = text[:MAX_QUERY_CHARS]  # the model sees a few hundred tokens of it at most
+    if "_source" in body and body["_source"] is None:
+        return Skip(Reason.BAD_SOURCE)  # `null` is the engines' parsing error
     try:
         # The body's `_source` is the engine's error when malformed, whatever the URL says.
         body_filter = source_filter_from_body(body.get("_source"))
         client_filter = source_filter_from_params(params) or body_filter
     except ValueError:
         return Skip(Reason.BAD_SOURCE)
-    if client_filter is not None and set(client_filter.includes) & set(client_filter.excludes):
-        # OpenSearch 3 rejects an entry both included and excluded; older engines answer
-        # an empty `_source`. Either way it is the engine's to say.
+    if any(
+        f is not None and set(f.includes) & set(f.excludes) for f in (client_filter, body_filter)
+    ):
+        # OpenSearch 3 rejects an entry both included and excluded (in the body even when
+        # the URL overrides it); older engines answer an empty `_source`. Either way it is
+        # the engine's to say.
         return Skip(Reason.BAD_SOURCE)
     new_body = dict(body)
     new_body["from"] = 0
     new_body["size"] = max(rule.window, from_ + size)
     source_filter = None
-    if client_filter is not None and not (
-        client_filter.is_identity and client_filter is body_filter
-    ):
-        # (A body's own `true` or `{}` stays as written: OpenSearch 3 warns of the `{}`.)
+    keep_body_source = body_filter is None or body_filter.is_identity
+    if client_filter is not None and not (client_filter.is_identity and keep_body_source):
+        # (A body's own `true` or `{}` stays as written, under a URL `_source=true` too:
+        # OpenSearch 3 warns of the `{}`. A body `false` under it must go: the text is needed.)
         new_body.pop("_source", None)
         if not client_filter.is_identity:
             source_filter = client_filter
