@@ -18,10 +18,9 @@ from aiohttp import HttpVersion10, web
 
 from . import admin, compare
 from .config import Config
-from .errors import es_error_body
 from .flows import rerank_request
 from .keys import METRICS, RERANKER, SETTINGS, SHADOW, STATE, UPSTREAM, AppState
-from .listener import LISTENER, Listener, ProxyRunner
+from .listener import LISTENER, Listener, ProxyRunner, raw_error
 from .log import redact_parser_errors
 from .metrics import Metrics
 from .outcome import Outcome
@@ -206,11 +205,7 @@ def _closing(resp: web.Response) -> web.Response:
     return resp
 
 
-_HTTP09_BODY = es_error_body(400, "proxy_bad_request", "HTTP/1.0 or later only")
-HTTP09_REJECTED = (
-    b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json; charset=UTF-8\r\n"
-    b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(_HTTP09_BODY), _HTTP09_BODY)
-)
+HTTP09_REJECTED = raw_error(400, "Bad Request", "proxy_bad_request", "HTTP/1.0 or later only")
 
 
 @web.middleware

@@ -44,7 +44,8 @@ from .metrics import Metrics
 logger = logging.getLogger(__name__)
 
 
-def _raw_error(status: int, reason: str, error_type: str, text: str) -> bytes:
+def raw_error(status: int, reason: str, error_type: str, text: str) -> bytes:
+    """A whole HTTP/1.1 error response in the ES shape, for writing to a transport directly."""
     body = es_error_body(status, error_type, text)
     head = (
         f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json; charset=UTF-8\r\n"
@@ -61,14 +62,14 @@ class ClientBody:
     """A request body as it arrives, each wait for more bounded by `listen.body_timeout`.
 
     A client disconnect raises (aborting an upstream request); a stall raises
-    `ClientBodyTimeout` and sets `timed_out`, so a caller that only sees its consumer's
-    error (aiohttp's client, streaming the body upstream) can tell.
+    `ClientBodyTimeout` and keeps it in `timed_out`, so a caller that only sees its
+    consumer's error (aiohttp's client, streaming the body upstream) can tell.
     """
 
     def __init__(self, request: web.Request, timeout: float) -> None:
         self.reader = request.content
         self.timeout = timeout
-        self.timed_out = False
+        self.timed_out: ClientBodyTimeout | None = None
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self._chunks()
@@ -79,10 +80,10 @@ class ClientBody:
                 async with asyncio.timeout(self.timeout):
                     chunk = await self.reader.readany()
             except TimeoutError:
-                self.timed_out = True
-                raise ClientBodyTimeout(
+                self.timed_out = ClientBodyTimeout(
                     f"no request body byte for {self.timeout:g} s (listen.body_timeout)"
-                ) from None
+                )
+                raise self.timed_out from None
             if not chunk:
                 return
             yield chunk
@@ -222,13 +223,13 @@ class Listener:
         self.cfg = cfg
         self.metrics = metrics
         self.guards: dict[RequestHandler, ConnectionGuard] = {}
-        self.busy_response = _raw_error(
+        self.busy_response = raw_error(
             503,
             "Service Unavailable",
             "proxy_too_many_connections",
             "too many client connections (listen.max_connections); retry later",
         )
-        self.header_timeout_response = _raw_error(
+        self.header_timeout_response = raw_error(
             408,
             "Request Timeout",
             "proxy_request_timeout",

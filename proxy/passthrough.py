@@ -20,7 +20,7 @@ from aiohttp import web
 
 from .errors import UpstreamError, UpstreamUnavailable, es_error_body
 from .keys import METRICS, SETTINGS, UPSTREAM
-from .listener import ClientBody, ClientBodyTimeout, body_timeout_response
+from .listener import ClientBody, body_timeout_response
 from .outcome import Outcome
 from .routing import split_path_query
 from .upstream import request_headers, response_headers
@@ -76,9 +76,8 @@ async def forward(
             request.method, path + ("?" + query if query else ""), headers, body
         )
     except UpstreamError as exc:
-        if client_body is not None and client_body.timed_out:
-            cause = ClientBodyTimeout(f"no request body byte for {client_body.timeout:g} s")
-            return await body_timeout_response(request, cause)
+        if client_body is not None and client_body.timed_out is not None:
+            return await body_timeout_response(request, client_body.timed_out)
         return upstream_error_response(request, exc)
     outcome.upstream_ms += (time.perf_counter() - t0) * 1000
     headers = response_headers(up.headers)
