@@ -458,3 +458,15 @@ def drop_connections(upstream: FakeUpstream) -> None:
     idle keep-alive connections does."""
     for writer in list(upstream._writers):
         writer.close()
+
+
+def held(release: asyncio.Event, target: str = "/slow/_forcemerge") -> Handler:
+    """A handler answering `{}` at once, except `target`, answered once `release` is set."""
+
+    async def answer(req: Received, writer: asyncio.StreamWriter) -> bool:
+        if req.target == target:
+            await release.wait()
+        writer.write(http_response(200, [("Content-Type", "application/json")], b"{}"))
+        return True
+
+    return answer

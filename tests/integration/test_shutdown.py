@@ -9,7 +9,7 @@ import pytest
 from proxy.keys import STATE
 
 from .conftest import StartProxy
-from .fakes import FakeUpstream, RawClient, Received, chunk, eventually, http_response
+from .fakes import FakeUpstream, RawClient, Received, chunk, eventually, held, http_response
 
 BODY = b'{"acknowledged":true,"pad":"' + b"x" * 100_000 + b'"}'
 
@@ -57,14 +57,7 @@ async def test_a_request_on_an_idle_connection_during_shutdown_is_not_left_hangi
     """While one request keeps the shutdown waiting, a kept-alive idle connection that sends
     another gets an answer or a close at once, not silence until the shutdown timeout."""
     release = asyncio.Event()
-
-    async def answer(req: Received, writer: asyncio.StreamWriter) -> bool:
-        if req.target == "/slow/_forcemerge":
-            await release.wait()
-        writer.write(http_response(200, [("Content-Type", "application/json")], b"{}"))
-        return True
-
-    upstream.handler = answer
+    upstream.handler = held(release)
     proxy = await start_proxy(shutdown_timeout=3600.0)
     idle = await proxy.connect()
     assert (await idle.request(b"GET /idx/_doc/1 HTTP/1.1\r\nHost: p\r\n\r\n")).status == 200

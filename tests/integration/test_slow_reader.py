@@ -12,7 +12,7 @@ from proxy.config import parse_config
 from proxy.keys import METRICS
 
 from .conftest import StartProxy
-from .fakes import FakeUpstream, Received, eventually, http_response, proxy_config, start_app
+from .fakes import FakeUpstream, Received, eventually, held, http_response, proxy_config, start_app
 
 BIG = 32 << 20  # far past what the sockets between the proxy and the client can buffer
 
@@ -57,14 +57,7 @@ async def test_a_request_waits_for_a_pool_connection_at_most_pool_timeout(
     `upstream.pool_timeout` (clients retry it), not a request that hangs; once a connection
     is free again requests go through."""
     release = asyncio.Event()
-
-    async def answer(req: Received, writer: asyncio.StreamWriter) -> bool:
-        if req.target == "/slow/_forcemerge":
-            await release.wait()
-        writer.write(http_response(200, [("Content-Type", "application/json")], b"{}"))
-        return True
-
-    upstream.handler = answer
+    upstream.handler = held(release)
     proxy = await start_proxy(max_connections=1, pool_timeout=0.2)
     holder = await proxy.connect()
     await holder.send(b"POST /slow/_forcemerge HTTP/1.1\r\nHost: p\r\n\r\n")
