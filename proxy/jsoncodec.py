@@ -2,9 +2,15 @@
 
 Python's json module turns `1.0E10` into `10000000000.0` on the way back out. The proxy
 rewrites only hit order and scores, so everything else must come back as the engine wrote
-it: floats are parsed as `RawFloat` (a float that remembers its text) and written back
-verbatim, and so is an integer `-0` (`NegativeZero`); non-ASCII text is written as UTF-8,
-as the engines do. Pure module.
+it: a float whose text is not Python's own spelling of it is parsed as `RawFloat` (a float
+that remembers its text) and written back verbatim, and so is an integer `-0`
+(`NegativeZero`); non-ASCII text is written as UTF-8, as the engines do. Pure module.
+
+A float spelled as Python spells it (`0.25`, `1e-07`: most stored vectors) stays a plain
+`float`, because `repr` gives its text back exactly. That is for the garbage collector: a
+`RawFloat` has a slot, so each is an object the collector tracks, and a 20 MiB window of
+vector floats made its full passes (which hold every thread) last over half a second. For the
+same reason `dumps` hands a list of plain floats to the C encoder in one call.
 
 Parsing is as strict as the engines' (Jackson): `NaN`, `Infinity` and `-Infinity` are not
 JSON, and a key repeated in one object is an error, so a body the engine would reject is
@@ -17,7 +23,6 @@ sees it, and so is a deeper value given to `dumps`. Everything downstream (plann
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections.abc import Callable
 from itertools import accumulate
@@ -63,6 +68,27 @@ _MAYBE_NEGATIVE_ZERO = re.compile(rb"-0(?![0-9.eE])")
 
 def _parse_int(text: str) -> int:
     return NEGATIVE_ZERO if text == "-0" else int(text)
+
+
+def _parse_float(text: str) -> float:
+    value = float(text)
+    return value if _float_repr(value) == text else RawFloat(text)
+
+
+_float_repr = float.__repr__
+_NON_FINITE = frozenset(("nan", "inf", "-inf"))
+
+
+def _float_text(value: float) -> str:
+    text = _float_repr(value)
+    return "null" if text in _NON_FINITE else text
+
+
+# Compact, UTF-8 and without NaN/Infinity, as `_dump` writes; used for lists of plain floats,
+# where `float.__repr__` is the spelling either way.
+_encode_floats = json.JSONEncoder(
+    ensure_ascii=False, separators=(",", ":"), allow_nan=False, check_circular=False
+).encode
 
 
 class TooDeep(ValueError):
@@ -119,7 +145,7 @@ def loads(data: bytes | str) -> Any:
     parse_int = _parse_int if _MAYBE_NEGATIVE_ZERO.search(raw) else None
     return json.loads(
         data,
-        parse_float=RawFloat,
+        parse_float=_parse_float,
         parse_int=parse_int,
         parse_constant=_reject_constant,
         object_pairs_hook=_object,
@@ -129,7 +155,17 @@ def loads(data: bytes | str) -> Any:
 def _dump(
     value: Any, out: list[str], encode_str: Callable[[str], str] = _encode_str, depth: int = 0
 ) -> None:
-    if isinstance(value, str):
+    cls = value.__class__
+    if cls is str:
+        out.append(encode_str(value))
+    elif cls is float:
+        out.append(_float_text(value))
+    elif cls is list and depth < MAX_DEPTH and value and all(x.__class__ is float for x in value):
+        try:
+            out.append(_encode_floats(value))
+        except ValueError:  # NaN or an infinity among them: those are written as null
+            out.append("[" + ",".join(map(_float_text, value)) + "]")
+    elif isinstance(value, str):
         out.append(encode_str(value))
     elif value is None:
         out.append("null")
@@ -142,10 +178,7 @@ def _dump(
     elif isinstance(value, int):
         out.append("-0" if value.__class__ is NegativeZero else int.__repr__(value))
     elif isinstance(value, float):
-        if math.isnan(value) or math.isinf(value):
-            out.append("null")
-        else:
-            out.append(repr(value))
+        out.append(_float_text(value))
     elif depth >= MAX_DEPTH and isinstance(value, (dict, list, tuple)):
         raise TooDeep(f"value nested deeper than {MAX_DEPTH} levels")
     elif isinstance(value, dict):

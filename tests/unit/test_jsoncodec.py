@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import gc
 import json
 import pickle
 from typing import Any
@@ -68,6 +69,39 @@ def test_raw_float_is_a_float_that_remembers_its_text() -> None:
     assert value.text == "1.0E10"
     assert value * 2 == 2e10
     assert type(value * 2) is float  # arithmetic gives a plain float, written with repr
+
+
+def test_a_float_spelled_as_python_spells_it_is_a_plain_untracked_float() -> None:
+    # A window of stored vectors is millions of these: as tracked objects (a RawFloat has a
+    # slot) they made the collector's full passes, which hold every thread, last 0.6 s.
+    doc = jsoncodec.loads(b'{"vec":[0.25,1e-07,-0.0,0.123456,1e+16],"odd":[0.10,1E5]}')
+    assert [type(v) for v in doc["vec"]] == [float] * 5
+    assert not any(gc.is_tracked(v) for v in doc["vec"])
+    assert [type(v) for v in doc["odd"]] == [RawFloat, RawFloat]
+    assert jsoncodec.dumps(doc) == b'{"vec":[0.25,1e-07,-0.0,0.123456,1e+16],"odd":[0.10,1E5]}'
+
+
+@pytest.mark.parametrize(
+    ("value", "written"),
+    [
+        ([0.5, float("nan"), 2.0], b"[0.5,null,2.0]"),
+        ([float("-inf"), 1e300], b"[null,1e+300]"),
+        ([0.5, 1], b"[0.5,1]"),
+        ([1.5, RawFloat("1.50")], b"[1.5,1.50]"),
+    ],
+    ids=["nan-among-floats", "infinity-among-floats", "float-and-int", "float-and-raw"],
+)
+def test_a_list_of_floats_is_written_as_item_by_item(value: list[Any], written: bytes) -> None:
+    assert jsoncodec.dumps(value) == written
+
+
+def test_a_list_of_floats_too_deep_is_still_refused() -> None:
+    value: Any = [0.5]
+    for _ in range(jsoncodec.MAX_DEPTH):
+        value = [value]
+    with pytest.raises(jsoncodec.TooDeep):
+        jsoncodec.dumps(value)
+    assert jsoncodec.dumps(value[0]).endswith(b"[0.5" + b"]" * jsoncodec.MAX_DEPTH)
 
 
 def test_raw_float_survives_deepcopy_and_pickle() -> None:

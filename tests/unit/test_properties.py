@@ -170,6 +170,9 @@ def test_numbers_are_written_back_as_they_were_spelled(spellings: list[str], wra
         value = jsoncodec.loads(spelling)
         if isinstance(value, RawFloat):
             assert value.text == spelling and value == float(spelling)
+            assert repr(float(spelling)) != spelling  # Python's own spelling: a plain float
+        elif type(value) is float:
+            assert repr(value) == spelling
         else:
             assert type(value) is int and value == int(spelling)
 
