@@ -595,7 +595,7 @@ def report(
     }
     scored = c("rerank_proxy_batch_size_sum", 0)
     entries = c("rerank_proxy_cache_entries", 0)
-    evicted = scored + shared["hit"] - entries
+    evicted = c("rerank_proxy_cache_evictions_total", 0)
     failed = {
         k.split("reason=")[1].strip('"}'): v
         for k, v in m.items()
@@ -612,8 +612,8 @@ def report(
         "",
         f"- Score cache: {hits:.0f} hits, {misses:.0f} misses"
         f" ({hits / (hits + misses) if hits + misses else 0:.1%} hit), {entries:.0f} entries held;"
-        f" pairs scored {scored:.0f}; evicted ~{evicted:.0f} (pairs scored + shared hits - entries:"
-        " the proxy exports no eviction counter).",
+        f" pairs scored {scored:.0f}; evicted {evicted:.0f}"
+        f" (pairs scored + shared hits - entries: {scored + shared['hit'] - entries:.0f}).",
         f"- Shared cache: {', '.join(f'{k} {v:.0f}' for k, v in shared.items())}, up"
         f" {c('rerank_proxy_shared_cache_up', 0):.0f}."
         if variant == "redis"

@@ -173,6 +173,12 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.cache_evictions = Counter(
+            f"{PREFIX}_cache_evictions",
+            "Scores dropped from the score cache (least recently used first) to make room for"
+            " new ones: a rate near the miss rate means model.cache_size is too small.",
+            registry=r,
+        )
         self.shared_cache_lookups = Counter(
             f"{PREFIX}_shared_cache_lookups",
             "Shared score cache (cache.redis_url) lookups, one per pair the local cache missed,"
@@ -265,6 +271,10 @@ class Metrics:
             self.cache_lookups.labels(result="hit").inc(hits)
         if misses:
             self.cache_lookups.labels(result="miss").inc(misses)
+
+    def observe_evictions(self, n: int) -> None:
+        """Scores the local score cache dropped (called by the reranker front)."""
+        self.cache_evictions.inc(n)
 
     def observe_shared(self, hits: int, misses: int, errors: int) -> None:
         """Pairs looked up in the shared score cache (called by the reranker front)."""

@@ -36,6 +36,10 @@ class RerankObserver(Protocol):
 
     def observe_lookups(self, hits: int, misses: int) -> None: ...
 
+    def observe_evictions(self, n: int) -> None:
+        """Scores dropped from the local cache to make room for new ones."""
+        ...
+
     def observe_shared(self, hits: int, misses: int, errors: int) -> None:
         """Pairs looked up in the shared cache: found, not found, not answered (down/slow)."""
         ...

@@ -73,13 +73,17 @@ class ScoreCache:
         total = self.hits + self.misses
         return self.hits / total if total else 0.0
 
-    def put(self, key: CacheKey, value: float) -> None:
+    def put(self, key: CacheKey, value: float) -> int:
+        """Keep `value`; return how many least recently used scores made room for it."""
         if self.capacity <= 0:
-            return
+            return 0
         self._data[key] = value
         self._data.move_to_end(key)
+        evicted = 0
         while len(self._data) > self.capacity:
             self._data.popitem(last=False)
+            evicted += 1
+        return evicted
 
 
 @dataclass(slots=True, eq=False)
@@ -241,18 +245,23 @@ class RerankFront:
         if len(found) != len(ask):
             errors, hits = len(ask), 0
         else:
-            errors = hits = 0
+            errors = hits = evicted = 0
             for i, score in zip(ask, found, strict=True):
                 if score is not None:
                     hits += 1
                     results[i] = score
-                    self.cache.put(keys[i], score)
+                    evicted += self.cache.put(keys[i], score)
+            self._evicted(evicted)
         misses = len(ask) - hits - errors
         self.stats.shared_hits += hits
         self.stats.shared_misses += misses
         self.stats.shared_errors += errors
         if self._observer is not None:
             self._observer.observe_shared(hits, misses, errors)
+
+    def _evicted(self, n: int) -> None:
+        if n and self._observer is not None:
+            self._observer.observe_evictions(n)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -351,11 +360,13 @@ class RerankFront:
             return
         finally:
             self._slots.release()
+        evicted = 0
         for p, s in zip(group, scores, strict=True):
             self._inflight.pop(p.key, None)
-            self.cache.put(p.key, s)
+            evicted += self.cache.put(p.key, s)
             if not p.future.done():
                 p.future.set_result(s)
+        self._evicted(evicted)
         if self.shared is not None:
             # Queued, not awaited on Redis: the callers already have their scores.
             stored = [(p.shared_key, s) for p, s in zip(group, scores, strict=True) if p.shared_key]

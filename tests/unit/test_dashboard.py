@@ -49,6 +49,7 @@ CONTRACT = frozenset(
         "rerank_proxy_batch_size",
         "rerank_proxy_cache_hit_ratio",
         "rerank_proxy_cache_lookups_total",
+        "rerank_proxy_cache_evictions_total",
         "rerank_proxy_inflight_requests",
         "rerank_proxy_model_loaded",
         "rerank_proxy_ready",

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import pytest
 
 from proxy.errors import InvalidScores, RerankOverloaded
+from proxy.metrics import Metrics
 from proxy.rerank.base import Backend, BatchPolicy, Executor
 from proxy.rerank.fake import FakeBackend
 from proxy.rerank.front import RerankFront, ScoreCache, cache_key
@@ -140,6 +141,29 @@ def test_cache_stays_within_its_bound_and_evicts_least_recently_used() -> None:
     assert len(cache) == 3
     assert cache.get(keys[1]) is None and cache.get(keys[2]) is None
     assert cache.get(keys[0]) == 0.0 and cache.get(keys[4]) == 4.0
+
+
+def test_cache_put_says_how_many_scores_made_room() -> None:
+    cache = ScoreCache(2)
+    keys = [cache_key("m", 64, "q", f"d{i}") for i in range(3)]
+    assert [cache.put(k, 1.0) for k in keys] == [0, 0, 1]
+    assert cache.put(keys[2], 2.0) == 0  # a key already held replaces, evicts nothing
+    assert ScoreCache(0).put(keys[0], 1.0) == 0
+
+
+async def test_evictions_reach_the_metric() -> None:
+    metrics = Metrics()
+    service = make_front(FakeBackend(), wait_ms=0, cache_size=3)
+    service.set_observer(metrics)
+    try:
+        await service.score("q", ["a", "b"], max_length=64)
+        assert metrics.registry.get_sample_value("rerank_proxy_cache_evictions_total") == 0
+        await service.score("q", ["c", "d", "e"], max_length=64)
+        assert metrics.registry.get_sample_value("rerank_proxy_cache_evictions_total") == 2
+        await service.score("q", ["d", "e"], max_length=64)  # hits: nothing new to hold
+        assert metrics.registry.get_sample_value("rerank_proxy_cache_evictions_total") == 2
+    finally:
+        await service.close()
 
 
 async def test_full_queue_raises_overloaded_before_reaching_the_model() -> None:
