@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import yaml
 
 from bench.cpu import machine_line, wait_idle
 from bench.loopback import LOOPBACK
@@ -256,27 +255,14 @@ def git(*cmd: str, check: bool = True) -> str:
 
 def start_base(config: dict[str, Any], work: Path) -> ProxyProcess:
     """As `start_proxy`, but importing `proxy` from BASE_TREE (its cwd and PYTHONPATH)."""
-    env = {**os.environ, "PYTHONPATH": str(BASE_TREE), "PYTHONUNBUFFERED": "1"}
+    env = {"PYTHONPATH": str(BASE_TREE)}
     where = subprocess.run(
         [sys.executable, "-c", "import proxy; print(proxy.__file__)"],
-        cwd=BASE_TREE, env=env, capture_output=True, text=True, check=True,
+        cwd=BASE_TREE, env={**os.environ, **env}, capture_output=True, text=True, check=True,
     ).stdout.strip()  # fmt: skip
     if not where.startswith(f"{BASE_TREE}/"):
         raise RuntimeError(f"the base proxy would import {where}, not {BASE_TREE}")
-    cfg_path, log_path = work / "proxy-base.yaml", work / "proxy-base.log"
-    cfg_path.write_text(yaml.safe_dump(config, sort_keys=False))
-    cmd = [sys.executable, "-m", "proxy", "serve", "--config", str(cfg_path), "--listen",
-           f"{LOOPBACK}:0"]  # fmt: skip
-    t0 = time.monotonic()
-    with log_path.open("w") as log_fh:
-        proc = subprocess.Popen(cmd, cwd=BASE_TREE, env=env, stdout=subprocess.PIPE,
-                                stderr=log_fh, text=True)  # fmt: skip
-    assert proc.stdout is not None
-    for line in proc.stdout:  # ends if it exits
-        if line.startswith("rerank-proxy listening on "):
-            return ProxyProcess(proc, line.split()[-1], log_path, time.monotonic() - t0)
-    proc.wait()
-    raise RuntimeError(f"the base proxy did not start:\n{log_path.read_text()[-3000:]}")
+    return start_proxy(config, work, name="proxy-base", cwd=BASE_TREE, env=env)
 
 
 def configs(upstream: str) -> tuple[dict[str, Any], dict[str, Any]]:

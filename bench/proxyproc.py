@@ -92,21 +92,24 @@ def start_proxy(
     name: str = "proxy",
     on_spawn: Callable[[int], None] | None = None,
     timeout_s: float = 900.0,
+    cwd: Path = REPO,
+    env: dict[str, str] | None = None,
 ) -> ProxyProcess:
     """Run `python -m proxy serve` with `config` on a free loopback port; return once it
     listens. `on_spawn(pid)` is called as soon as the process exists (memory sampling
-    starts there)."""
+    starts there). `cwd` and `env` (added to this process's environment) let a bench run
+    another checkout's `proxy`."""
     workdir.mkdir(parents=True, exist_ok=True)
     cfg_path = workdir / f"{name}.yaml"
     cfg_path.write_text(yaml.safe_dump(config, sort_keys=False))
     log_path = workdir / f"{name}.log"
     cmd = [sys.executable, "-m", "proxy", "serve", "--config", str(cfg_path)]
     cmd += ["--listen", f"{LOOPBACK}:0"]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     t0 = time.monotonic()
     with log_path.open("w") as log_fh:
         proc = subprocess.Popen(
-            cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=log_fh, text=True, env=env
+            cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=log_fh, text=True, env=full_env
         )
     assert proc.stdout is not None
     if on_spawn is not None:

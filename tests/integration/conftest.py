@@ -30,13 +30,24 @@ async def upstream() -> AsyncIterator[FakeUpstream]:
 
 @pytest.fixture
 async def start_proxy(upstream: FakeUpstream) -> AsyncIterator[StartProxy]:
-    """Start the proxy in-process; keyword arguments override `upstream.*` config keys."""
+    """Start the proxy in-process; keyword arguments override `upstream.*` config keys,
+    `listen` and `indices` replace those sections."""
     running: list[RunningProxy] = []
 
-    async def start(*, shutdown_timeout: float = 5.0, **upstream_cfg: object) -> RunningProxy:
+    async def start(
+        *,
+        shutdown_timeout: float = 5.0,
+        listen: dict[str, object] | None = None,
+        indices: list[dict[str, object]] | None = None,
+        **upstream_cfg: object,
+    ) -> RunningProxy:
         url = str(upstream_cfg.pop("url", upstream.url))
-        cfg = parse_config(proxy_config(url, **upstream_cfg))
-        app = create_app(cfg)
+        raw = proxy_config(url, **upstream_cfg)
+        if listen is not None:
+            raw["listen"] = listen
+        if indices is not None:
+            raw["indices"] = indices
+        app = create_app(parse_config(raw))
         proxy = await start_app(app, shutdown_timeout=shutdown_timeout)
         running.append(proxy)
         return proxy

@@ -16,10 +16,9 @@ from typing import Any
 
 import pytest
 
-from proxy.app import create_app
-from proxy.config import parse_config
 from proxy.listener import LISTENER
 
+from .conftest import StartProxy
 from .fakes import (
     FakeUpstream,
     RawClient,
@@ -27,29 +26,17 @@ from .fakes import (
     RunningProxy,
     eventually,
     http_response,
-    proxy_config,
-    start_app,
 )
 
 SHORT = 0.3
 
 
 @pytest.fixture
-async def start(upstream: FakeUpstream) -> Any:
-    running: list[RunningProxy] = []
-
+def start(start_proxy: StartProxy) -> StartProxy:
     async def start(**listen: object) -> RunningProxy:
-        raw: dict[str, Any] = proxy_config(upstream.url)
-        raw["listen"] = listen
-        raw["indices"] = [{"match": ["books"], "fields": ["title"]}]
-        proxy = await start_app(create_app(parse_config(raw)))
-        running.append(proxy)
-        return proxy
+        return await start_proxy(listen=listen, indices=[{"match": ["books"], "fields": ["title"]}])
 
-    yield start
-    for proxy in running:
-        await proxy.close_clients()
-        await proxy.stop()
+    return start
 
 
 async def metrics(proxy: RunningProxy) -> dict[str, float]:
