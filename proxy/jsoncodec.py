@@ -156,17 +156,15 @@ def _dump(
     value: Any, out: list[str], encode_str: Callable[[str], str] = _encode_str, depth: int = 0
 ) -> None:
     cls = value.__class__
-    if cls is str:
+    if isinstance(value, str):
         out.append(encode_str(value))
-    elif cls is float:
+    elif cls is float:  # before the checks for the other scalars: vectors are most values
         out.append(_float_text(value))
     elif cls is list and depth < MAX_DEPTH and value and all(x.__class__ is float for x in value):
         try:
             out.append(_encode_floats(value))
         except ValueError:  # NaN or an infinity among them: those are written as null
             out.append("[" + ",".join(map(_float_text, value)) + "]")
-    elif isinstance(value, str):
-        out.append(encode_str(value))
     elif value is None:
         out.append("null")
     elif value is True:
