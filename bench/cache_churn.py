@@ -21,9 +21,7 @@ import sys
 
 from bench.cpu import machine_line
 from bench.paths import REPO
-from bench.report import md_table
-
-MB = 1_000_000
+from bench.report import MB, md_table
 
 
 def churn(kind: str, puts: int, capacity: int) -> list[tuple[int, float]]:

@@ -41,7 +41,7 @@ from bench.loopback import LOOPBACK
 from bench.memory import Sampler
 from bench.paths import REPO
 from bench.proxyproc import ProxyProcess, proxy_config, proxy_metrics, start_proxy, workdir
-from bench.report import fmt_ms, fmt_ratio, log, md_table, percentile
+from bench.report import MB, fmt_ms, fmt_ratio, log, md_table, percentile
 
 BASE = "ea99a28"  # the commit before "Reliability: no single request stalls or pins the proxy"
 BASE_TREE = Path("/tmp/hostile-base")
@@ -49,7 +49,6 @@ PHASES = ("idle", "gzip-bomb", "huge-window", "slowloris", "unread")
 TIMEOUT_S = 5.0  # listen.header_timeout and body_timeout (new only), send_timeout (both)
 HUGE_HITS, HUGE_FLOATS = 100, 23_000  # ~20 MiB of window response
 BIG_BYTES, BOMB_BYTES = 32 * 2**20, 28 * 2**20
-MB = 1_000_000
 RULES = [
     {"match": ["books"], "fields": ["title"], "window": 10},
     {"match": ["huge"], "fields": ["title"], "window": HUGE_HITS},

@@ -27,13 +27,12 @@ from bench import data, engine
 from bench.cpu import machine_line
 from bench.load import Req, run_load
 from bench.proxyproc import proxy_config, start_proxy, workdir
-from bench.report import log, md_table
+from bench.report import MB, log, md_table
 
 TARGET_BYTES = 1_000_000_000  # 1 GB
 BACKENDS = ("auto", "torch", "onnx", "onnx-int8", "torch-bf16", "openvino", "openvino-bf16")
 WINDOW = 20
 ALIAS = "bench-mem"
-MB = 1_000_000
 
 
 @dataclass

@@ -12,6 +12,8 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+MB = 1_000_000  # memory figures are in MB = 10^6 bytes
+
 
 def percentile(values: Sequence[float], p: float) -> float:
     """Linear-interpolated percentile (p in 0..100); NaN for no values."""

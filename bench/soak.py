@@ -55,7 +55,7 @@ from bench.loopback import http, http_json
 from bench.memory import Sampler
 from bench.paths import CACHE, REPO
 from bench.proxyproc import proxy_config, start_proxy, workdir
-from bench.report import fmt_ms, log, md_table, percentile
+from bench.report import MB, fmt_ms, log, md_table, percentile
 from proxy.config import ModelConfig
 
 VARIANTS = ("default", "tiny-cache", "model-server", "redis")
@@ -66,7 +66,6 @@ HOT = 30  # repeated queries (cache hits)
 TINY_CACHE = 64
 FLAT = 1.05  # last-minute RSS / RSS after warm-up: "flat"
 SAMPLE_S = 2.0
-MB = 1_000_000
 #: (kind, weight) of the traffic; searches split further into repeated and fresh
 MIX = (("search", 50), ("msearch", 10), ("get doc", 20), ("cat", 5), ("health", 5), ("bulk", 10))
 FRESH = 0.2  # share of searches with a query the proxy has not seen
